@@ -1,0 +1,45 @@
+# The single entry points. `make test` is what CI runs; `make demo` is the main job.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: setup test check lint typecheck unit dbs dbs-stop demo bench soak package clean
+
+setup:
+	@scripts/setup.sh
+
+dbs: setup
+	@scripts/dbctl start
+
+dbs-stop:
+	@scripts/dbctl stop
+
+lint: setup
+	$(VENV)/bin/ruff check k3snoded tests bench
+	$(VENV)/bin/ruff format --check k3snoded tests bench
+
+typecheck: setup
+	$(VENV)/bin/mypy
+
+# Everything CI runs: installs what is missing, starts the databases, lints, type-checks, tests.
+test: setup dbs lint typecheck
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+unit: setup
+	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
+
+demo: setup
+	$(PY) -m tests.lab.demo $(DEMO_ARGS)
+
+bench: setup dbs
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+soak: setup dbs
+	$(PY) -m pytest -q -m soak $(PYTEST_ARGS)
+
+package: setup
+	packaging/build.sh
+
+clean:
+	rm -rf build dist *.egg-info .mypy_cache .ruff_cache

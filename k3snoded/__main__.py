@@ -1,0 +1,3 @@
+from k3snoded.cli import main
+
+raise SystemExit(main())
