@@ -1,0 +1,7 @@
+"""The VRRPv3 speaker (RFC 5798, IPv4) that holds the registration VIP on server nodes.
+
+Public API: :class:`~k3snoded.vrrp.speaker.VrrpSpeaker` and its
+:class:`~k3snoded.vrrp.speaker.SpeakerStatus`. The pieces: ``packet`` (codec), ``machine``
+(pure state machine), ``netlink`` (the address, via pyroute2), ``garp`` (gratuitous ARP).
+See docs/vrrp.md.
+"""
