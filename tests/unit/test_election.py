@@ -1,0 +1,119 @@
+"""Table-driven tests of the pure role decision."""
+
+from __future__ import annotations
+
+import pytest
+
+from k3snoded.election import ElectionInput, decide
+from k3snoded.model import Member, Role, RolePreference
+
+S, A = Role.SERVER, Role.AGENT
+
+
+def m(
+    name: str,
+    *,
+    age: float = 0.5,
+    eligible: bool = True,
+    pref: RolePreference = RolePreference.AUTO,
+    role: Role = Role.NONE,
+    ready: bool = False,
+) -> Member:
+    return Member(
+        name=name,
+        address="198.18.0.1",
+        preference=pref,
+        eligible=eligible,
+        role=role,
+        ready=ready,
+        heartbeat_age=age,
+    )
+
+
+CASES = [
+    pytest.param(
+        [m("c"), m("a"), m("b")],
+        {},
+        2,
+        {"a": S, "b": S, "c": A},
+        "elected servers a, b",
+        id="fresh",
+    ),
+    pytest.param(
+        [m("a"), m("b"), m("c", pref=RolePreference.SERVER)],
+        {},
+        2,
+        {"a": S, "c": S, "b": A},
+        "elected servers c, a",
+        id="pin-wins-on-fresh-fleet",
+    ),
+    pytest.param(
+        [m("a"), m("b"), m("c", role=S)],
+        {"a": S, "b": A, "c": S},
+        2,
+        {"a": S, "c": S, "b": A},
+        "kept servers",
+        id="no-swap-for-name-order",
+    ),
+    pytest.param(
+        [m("a", age=30), m("b"), m("c")],
+        {"a": S, "b": S, "c": A},
+        2,
+        {"a": A, "b": S, "c": S},
+        "promoted c to server; demoted a because its heartbeat stopped",
+        id="dead-server-replaced",
+    ),
+    pytest.param(
+        [m("a", age=9.9), m("b"), m("c")],
+        {"a": S, "b": S, "c": A},
+        2,
+        {"a": S, "b": S, "c": A},
+        "kept servers",
+        id="slow-beat-inside-window-changes-nothing",
+    ),
+    pytest.param(
+        [m("a"), m("b", eligible=False), m("c", eligible=False)],
+        {},
+        2,
+        {"a": S, "b": A, "c": A},
+        "only 1 of 2 servers possible",
+        id="no-credentials-never-server",
+    ),
+    pytest.param(
+        [m("a"), m("b"), m("c")],
+        {"a": S, "b": S, "c": S},
+        2,
+        {"a": S, "b": S, "c": A},
+        "demoted c because servers.count is lower",
+        id="count-lowered",
+    ),
+    pytest.param(
+        [m("a"), m("b", age=60)],
+        {"a": S, "b": A},
+        2,
+        {"a": S, "b": A},
+        "only 1 of 2",
+        id="dead-agent-keeps-assignment",
+    ),
+]
+
+
+@pytest.mark.parametrize(("members", "assigned", "count", "want", "reason"), CASES)
+def test_decide(
+    members: list[Member],
+    assigned: dict[str, Role],
+    count: int,
+    want: dict[str, Role],
+    reason: str,
+) -> None:
+    d = decide(ElectionInput(members=members, assigned=assigned, count=count, dead_after=10.0))
+    assert d.roles == want
+    assert reason in d.reason
+
+
+def test_decide_is_stable_when_fed_its_own_output() -> None:
+    members = [m(n) for n in "edcba"]
+    first = decide(ElectionInput(members, {}, 3, 10.0))
+    second = decide(ElectionInput(members, first.roles, 3, 10.0))
+    assert second.roles == first.roles
+    assert second.reason.startswith("kept servers")
