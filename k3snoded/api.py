@@ -1,0 +1,113 @@
+"""The daemon's HTTP surfaces (aiohttp, embedded with AppRunner).
+
+* A unix socket in ``run_dir`` (directory 0700, socket 0600, root only): ``GET /v1/status``,
+  what ``k3snoded status`` reads.
+* A TCP listener (``api.listen``) for peers and load balancers: ``GET /healthz``, ``GET /metrics``
+  (Prometheus text) and the signed peer routes discovery mounts. Nothing secret is served there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+log = logging.getLogger(__name__)
+
+StatusFn = Callable[[], dict[str, Any]]
+
+
+def _split_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+class ApiServer:
+    """Owns both listeners; ``start`` then ``close`` (idempotent)."""
+
+    def __init__(
+        self,
+        *,
+        socket_path: Path,
+        status: StatusFn,
+        metrics: Callable[[], str],
+        healthy: Callable[[], bool],
+        listen: str = "",
+        peer_routes: Iterable[web.RouteDef] = (),
+        peer_middlewares: Iterable[Any] = (),
+    ) -> None:
+        self._socket_path = socket_path
+        self._status = status
+        self._metrics = metrics
+        self._healthy = healthy
+        self._listen = listen
+        self._peer_routes = list(peer_routes)
+        self._peer_middlewares = list(peer_middlewares)
+        self._runners: list[web.AppRunner] = []
+
+    async def start(self) -> None:
+        local = web.Application()
+        local.router.add_get("/v1/status", self._get_status)
+        local.router.add_get("/metrics", self._get_metrics)
+        runner = web.AppRunner(local, access_log=None)
+        await runner.setup()
+        self._runners.append(runner)
+        self._socket_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self._socket_path.parent, 0o700)
+        with contextlib.suppress(FileNotFoundError):
+            self._socket_path.unlink()
+        old = os.umask(0o177)
+        try:
+            await web.UnixSite(runner, str(self._socket_path)).start()
+        finally:
+            os.umask(old)
+        os.chmod(self._socket_path, 0o600)
+        if self._listen:
+            peer = web.Application(middlewares=self._peer_middlewares)
+            peer.router.add_get("/healthz", self._get_healthz)
+            peer.router.add_get("/metrics", self._get_metrics)
+            peer.router.add_routes(self._peer_routes)
+            prunner = web.AppRunner(peer, access_log=None)
+            await prunner.setup()
+            self._runners.append(prunner)
+            host, port = _split_listen(self._listen)
+            await web.TCPSite(prunner, host, port, reuse_address=True).start()
+            log.info("peer API listening on %s", self._listen)
+
+    async def close(self) -> None:
+        while self._runners:
+            await self._runners.pop().cleanup()
+        with contextlib.suppress(FileNotFoundError):
+            self._socket_path.unlink()
+
+    async def _get_status(self, _: web.Request) -> web.Response:
+        return web.json_response(self._status(), dumps=lambda o: json.dumps(o, sort_keys=True))
+
+    async def _get_metrics(self, _: web.Request) -> web.Response:
+        return web.Response(text=self._metrics(), content_type="text/plain", charset="utf-8")
+
+    async def _get_healthz(self, _: web.Request) -> web.Response:
+        ok = self._healthy()
+        return web.Response(status=200 if ok else 503, text="ok\n" if ok else "unhealthy\n")
+
+
+async def fetch_status(socket_path: Path, limit: float = 5.0) -> dict[str, Any]:
+    """Read ``/v1/status`` from a running daemon over its unix socket."""
+    connector = aiohttp.UnixConnector(path=str(socket_path))
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=aiohttp.ClientTimeout(total=limit)
+    ) as session:
+        try:
+            async with session.get("http://k3snoded/v1/status") as resp:
+                resp.raise_for_status()
+                data: dict[str, Any] = await resp.json()
+                return data
+        except aiohttp.ClientError as err:
+            raise OSError(str(err)) from err

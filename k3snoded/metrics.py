@@ -1,0 +1,106 @@
+"""Prometheus text exposition (format 0.0.4) rendered from the daemon's status.
+
+Hand-written on purpose: a dozen gauges do not justify a dependency in the shipped venv; the
+tests parse the output with prometheus_client's own parser.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+
+def _esc(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _labels(labels: dict[str, str]) -> str:
+    if not labels:
+        return ""
+    inner = ",".join(f'{k}="{_esc(v)}"' for k, v in sorted(labels.items()))
+    return "{" + inner + "}"
+
+
+def _family(
+    name: str, kind: str, help_: str, samples: Iterable[tuple[dict[str, str], float]]
+) -> list[str]:
+    lines = [f"# HELP {name} {help_}", f"# TYPE {name} {kind}"]
+    lines += [f"{name}{_labels(lbl)} {float(v)!r}" for lbl, v in samples]
+    return lines
+
+
+def render_metrics(status: dict[str, Any]) -> str:
+    node = status.get("node", {})
+    k3s = status.get("k3s", {})
+    vip = status.get("vip", {}) or {}
+    counters = status.get("counters", {}) or {}
+    name = str(node.get("name", ""))
+    role = str(node.get("role", "none"))
+    out: list[str] = []
+    out += _family(
+        "k3snoded_info",
+        "gauge",
+        "Static information about this daemon.",
+        [({"version": str(status.get("version", "")), "node": name}, 1)],
+    )
+    out += _family(
+        "k3snoded_role",
+        "gauge",
+        "The role this node runs (1 for the current role).",
+        [({"role": r}, 1 if r == role else 0) for r in ("none", "server", "agent")],
+    )
+    out += _family(
+        "k3snoded_k3s_ready",
+        "gauge",
+        "1 when the local k3s is ready.",
+        [({}, 1 if k3s.get("ready") else 0)],
+    )
+    out += _family(
+        "k3snoded_k3s_restarts_total",
+        "counter",
+        "Times the supervisor restarted k3s.",
+        [({}, int(k3s.get("restarts") or 0))],
+    )
+    out += _family(
+        "k3snoded_k3s_crash_loop",
+        "gauge",
+        "1 while k3s is exiting repeatedly soon after start.",
+        [({}, 1 if k3s.get("crash_loop") else 0)],
+    )
+    out += _family(
+        "k3snoded_vip_held",
+        "gauge",
+        "1 while this node holds the virtual IP.",
+        [({}, 1 if vip.get("held") else 0)],
+    )
+    out += _family(
+        "k3snoded_vip_transitions_total",
+        "counter",
+        "VRRP state transitions of the local speaker.",
+        [({}, int(vip.get("transitions") or 0))],
+    )
+    out += _family(
+        "k3snoded_peers",
+        "gauge",
+        "Machines this node knows of (discovery and datastore).",
+        [({}, len(status.get("peers", []) or []))],
+    )
+    out += _family(
+        "k3snoded_decisions_total",
+        "counter",
+        "Role decisions written by this node while coordinator.",
+        [({}, int(counters.get("decisions", 0)))],
+    )
+    out += _family(
+        "k3snoded_lease_renew_seconds",
+        "gauge",
+        "Duration of the last datastore heartbeat/lease round trip.",
+        [({}, float(counters.get("renew_seconds", 0.0)))],
+    )
+    out += _family(
+        "k3snoded_datastore_statements_total",
+        "counter",
+        "SQL statements this node sent to the datastore.",
+        [({}, int(counters.get("statements", 0)))],
+    )
+    return "\n".join(out) + "\n"
