@@ -1,0 +1,238 @@
+"""What k3s needs from k3snoded: its command line, environment, token file and readiness URL.
+
+Pure functions of the Config and a Role, plus the one small file operation of installing the
+token. Process mechanics live in ``supervisor.py``.
+
+Secrets stay off the command line, which every user can read through ``ps`` and
+``/proc/<pid>/cmdline``:
+
+* the cluster token goes through ``--token-file``, a 0600 copy in ``node.state_dir``;
+* the datastore endpoint (it carries the database password) goes through the child's
+  ``K3S_DATASTORE_ENDPOINT`` environment variable, as the k3s docs recommend;
+  ``/proc/<pid>/environ`` is readable by the process owner only. It is the one ``K3S_*``
+  variable set on purpose; every inherited ``K3S_*`` is scrubbed (``K3S_URL`` would turn a
+  server into an etcd joiner).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+from k3snoded.config import K3S_PORT, Config
+from k3snoded.errors import ConfigError, ConfigProblem
+from k3snoded.model import Role
+from k3snoded.supervisor import ChildSpec
+
+DEDICATED_TAINT = "k3s-controlplane=true:NoExecute"
+DATASTORE_ENV = "K3S_DATASTORE_ENDPOINT"
+
+# Per-invocation variables of k3snoded's own unit: they must not reach k3s (NOTIFY_SOCKET is
+# replaced by the supervisor's private one), and they change on every daemon restart, which
+# would change the child's identity and restart an adopted k3s for nothing.
+_SCRUBBED = frozenset(
+    {
+        "NOTIFY_SOCKET",
+        "WATCHDOG_USEC",
+        "WATCHDOG_PID",
+        "LISTEN_FDS",
+        "LISTEN_PID",
+        "LISTEN_FDNAMES",
+        "INVOCATION_ID",
+        "JOURNAL_STREAM",
+        "MANAGERPID",
+        "SYSTEMD_EXEC_PID",
+        "MAINPID",
+    }
+)
+
+
+def host_for_url(address: str) -> str:
+    """An address as the host part of a URL: IPv6 literals in brackets."""
+    try:
+        if ipaddress.ip_address(address).version == 6:
+            return f"[{address}]"
+    except ValueError:
+        pass
+    return address
+
+
+def token_path(cfg: Config) -> Path:
+    """Where the 0600 copy of the cluster token lives (``<state_dir>/token``)."""
+    return cfg.node.state_dir / "token"
+
+
+def child_env(base: Mapping[str, str]) -> dict[str, str]:
+    """The child's environment: ``base`` without any ``K3S_*`` and without systemd's variables."""
+    return {
+        key: value
+        for key, value in base.items()
+        if not key.startswith("K3S_") and key not in _SCRUBBED
+    }
+
+
+def _pairs(flag: str, values: tuple[str, ...] | list[str]) -> list[str]:
+    out: list[str] = []
+    for value in values:
+        out += [flag, value]
+    return out
+
+
+def _node_args(cfg: Config) -> list[str]:
+    args = ["--data-dir", str(cfg.k3s.data_dir)]
+    if cfg.node.name:
+        args += ["--node-name", cfg.node.name]
+    if cfg.node.address:
+        args += ["--node-ip", cfg.node.address]
+    return args
+
+
+def _labels_and_taints(cfg: Config) -> list[str]:
+    return _pairs("--node-label", cfg.node.labels) + _pairs("--node-taint", cfg.node.taints)
+
+
+def server_argv(cfg: Config, *, token_file: Path, registration: str) -> list[str]:
+    """``k3s server`` with every flag as its own argv element (never ``'--flag value'``).
+
+    The datastore endpoint is deliberately absent: see ``server_env``.
+    """
+    argv = [str(cfg.k3s.binary), "server", *_node_args(cfg), "--token-file", str(token_file)]
+    ds = cfg.datastore
+    for flag, path in (
+        ("--datastore-cafile", ds.ca_file),
+        ("--datastore-certfile", ds.cert_file),
+        ("--datastore-keyfile", ds.key_file),
+    ):
+        if path is not None:
+            argv += [flag, str(path)]
+    sans: list[str] = []
+    for san in (registration, *cfg.registration.tls_san):
+        if san and san not in sans:
+            sans.append(san)
+    argv += _pairs("--tls-san", sans)
+    if cfg.servers.dedicated:
+        argv += ["--node-taint", DEDICATED_TAINT]
+    argv += _labels_and_taints(cfg)
+    argv += cfg.k3s.server_args
+    return argv
+
+
+def agent_argv(cfg: Config, *, token_file: Path, registration: str) -> list[str]:
+    """``k3s agent`` joining ``https://<registration>:6443``."""
+    if not registration:
+        raise ConfigError(
+            [
+                ConfigProblem(
+                    str(cfg.source), "registration.address", "an agent needs a registration address"
+                )
+            ]
+        )
+    return [
+        str(cfg.k3s.binary),
+        "agent",
+        "--server",
+        f"https://{host_for_url(registration)}:{K3S_PORT}",
+        "--token-file",
+        str(token_file),
+        *_node_args(cfg),
+        *_labels_and_taints(cfg),
+        *cfg.k3s.agent_args,
+    ]
+
+
+def server_env(cfg: Config, base: Mapping[str, str]) -> dict[str, str]:
+    """The server's environment: scrubbed, plus the datastore endpoint when one is configured."""
+    env = child_env(base)
+    if cfg.datastore.endpoint:
+        env[DATASTORE_ENV] = cfg.datastore.endpoint
+    return env
+
+
+def _flag_value(args: tuple[str, ...], flag: str) -> str | None:
+    """The last value of ``--flag V`` or ``--flag=V`` in args, as urfave/cli would take it."""
+    value: str | None = None
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(flag + "="):
+            value = arg[len(flag) + 1 :]
+    return value
+
+
+def server_ready_url(cfg: Config) -> str:
+    """``https://127.0.0.1:<https-listen-port>/ping``, or the bind address when not a wildcard."""
+    port = _flag_value(cfg.k3s.server_args, "--https-listen-port") or str(K3S_PORT)
+    host = _flag_value(cfg.k3s.server_args, "--bind-address") or "127.0.0.1"
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1"
+    return f"https://{host_for_url(host)}:{port}/ping"
+
+
+def child_spec(
+    cfg: Config,
+    role: Role,
+    registration: str,
+    *,
+    token_file: Path | None = None,
+    base_env: Mapping[str, str] | None = None,
+) -> ChildSpec:
+    """The k3s process for ``role``. Readiness: READY=1, then ``/ping`` for a server.
+
+    An agent's readiness is its READY=1 alone: k3s sends it once the API server is reachable
+    through the agent's load balancer, and a ``/ping`` through that balancer would measure the
+    registration address, not this node.
+    """
+    token_file = token_file or token_path(cfg)
+    base = os.environ if base_env is None else base_env
+    if role is Role.SERVER:
+        argv = server_argv(cfg, token_file=token_file, registration=registration)
+        env = server_env(cfg, base)
+        ready_url: str | None = server_ready_url(cfg)
+    elif role is Role.AGENT:
+        argv = agent_argv(cfg, token_file=token_file, registration=registration)
+        env = child_env(base)
+        ready_url = None
+    else:
+        raise ValueError(f"no k3s process for role {role.value}")
+    return ChildSpec.build(
+        argv,
+        env,
+        cwd=Path("/"),
+        ready_url=ready_url,
+        ready_timeout=cfg.k3s.ready_timeout,
+        stop_timeout=cfg.k3s.stop_timeout,
+    )
+
+
+def install_token_file(cfg: Config) -> Path:
+    """Copy ``cluster.token_file`` to ``<state_dir>/token`` (0600), atomically, when it changed.
+
+    Blocking file I/O: call it from a thread (``asyncio.to_thread``) inside the daemon.
+    """
+    target = token_path(cfg)
+    content = cfg.cluster.token_file.read_bytes()
+    with contextlib.suppress(FileNotFoundError):
+        if target.read_bytes() == content and (target.stat().st_mode & 0o077) == 0:
+            return target
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".token.")  # mkstemp creates it 0600
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return target
