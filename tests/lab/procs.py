@@ -85,19 +85,22 @@ def end(
     popens: Iterable[subprocess.Popen[bytes]],
     namespaces: Iterable[str],
     *,
+    extra_pids: Iterable[int] = (),
     grace: float = 3.0,
     kill_wait: float = 3.0,
 ) -> list[int]:
     """End the given processes and every process inside namespaces: TERM, wait, KILL.
 
+    extra_pids are PIDs the caller knows to be its own (e.g. a spawned process's child).
     Returns the PIDs that were signalled. Spawned processes are reaped (no zombies left).
     """
     popens = list(popens)
     namespaces = list(namespaces)
+    extra = set(extra_pids)
     signalled: set[int] = set()
 
     def targets() -> set[int]:
-        pids = {p.pid for p in popens if p.poll() is None}
+        pids = {p.pid for p in popens if p.poll() is None} | extra
         pids |= namespace_pids(namespaces)
         return {pid for pid in pids if alive(pid)}
 
