@@ -1,0 +1,202 @@
+"""The peer API's discovery endpoint, ``GET /v1/peers``, server side and client side.
+
+Transport: plain HTTP on ``api.listen`` (default port 6480). Every request carries an HMAC
+(:func:`signing.sign_request`: timestamp, random nonce, method, path, body hash) and the server
+refuses unsigned, forged, stale and replayed ones with ``401`` and a short reason (logged once
+per source and reason). Every answer is signed too (:func:`signing.sign_response`), bound to the
+request's nonce, so a client ignores forged, altered and replayed answers. This gives integrity
+and authentication, not confidentiality: what travels is what mDNS announces anyway (names,
+addresses, roles), and the token never leaves the machine.
+
+``https://`` seed URLs are accepted (for an operator's TLS-terminating load balancer); the
+certificate is not verified, because trust comes from the HMAC, not from the transport.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+import aiohttp
+from aiohttp import web
+from yarl import URL
+
+from k3snoded.discovery.announcement import peer_from_fields, peer_to_fields
+from k3snoded.discovery.signing import (
+    RequestVerifier,
+    new_nonce,
+    sign_request,
+    sign_response,
+    verify_response,
+)
+from k3snoded.errors import AuthenticationError
+from k3snoded.model import Peer
+
+log = logging.getLogger(__name__)
+
+PEERS_PATH = "/v1/peers"
+MAX_BODY = 1 << 20  # a peer list of a thousand machines is well under 200 kB
+_LOGGED_MAX = 1024
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Clock = Callable[[], float]
+
+
+class PeerApi:
+    """Server side: signed-request verification, signed answers, and ``GET /v1/peers``.
+
+    ``peers_provider`` returns what this node knows (from mDNS and seeds) and
+    ``local_provider`` this node itself; both are called on every request.
+    """
+
+    def __init__(
+        self,
+        key: bytes,
+        cluster: str,
+        peers_provider: Callable[[], Sequence[Peer]],
+        local_provider: Callable[[], Peer],
+        *,
+        window: float = 30,
+        clock: Clock = time.time,
+    ) -> None:
+        self._key = key
+        self._cluster = cluster
+        self._peers = peers_provider
+        self._local = local_provider
+        self._clock = clock
+        self._verifier = RequestVerifier(key, window)
+        self._logged: set[tuple[str, str]] = set()
+        self.rejected = 0  # requests refused so far (for status and tests)
+
+    def install(self, app: web.Application) -> None:
+        """Add ``GET /v1/peers`` to ``app`` (before the app starts)."""
+        app.router.add_get(PEERS_PATH, self.signed(self._handle_peers))
+
+    def signed(self, handler: Handler) -> Handler:
+        """Wrap a handler: verify the request's signature, then sign its answer."""
+
+        async def wrapper(request: web.Request) -> web.StreamResponse:
+            body = await request.read()
+            try:
+                verified = self._verifier.verify(
+                    request.method, request.raw_path, body, request.headers, self._clock()
+                )
+            except AuthenticationError as exc:
+                self._refuse(request.remote or "?", str(exc))
+                return web.Response(status=401, text=f"{exc}\n")
+            response = await handler(request)
+            if not isinstance(response, web.Response) or response.body is None:
+                raise TypeError("signed handlers must return a web.Response with a bytes body")
+            payload = response.body
+            if not isinstance(payload, bytes):
+                raise TypeError("signed handlers must return a bytes body")
+            response.headers.update(
+                sign_response(self._key, verified.nonce, response.status, payload, self._clock())
+            )
+            return response
+
+        return wrapper
+
+    def _refuse(self, source: str, reason: str) -> None:
+        self.rejected += 1
+        if (source, reason) in self._logged:
+            log.debug("refused peer-API request from %s: %s", source, reason)
+            return
+        if len(self._logged) >= _LOGGED_MAX:
+            self._logged.clear()
+        self._logged.add((source, reason))
+        log.warning("refused peer-API request from %s: %s (logged once)", source, reason)
+
+    async def _handle_peers(self, request: web.Request) -> web.Response:
+        local = self._local()
+        peers = [p for p in self._peers() if p.cluster == self._cluster and p.name != local.name]
+        document = {
+            "cluster": self._cluster,
+            "local": peer_to_fields(local),
+            "peers": [peer_to_fields(p) for p in peers],
+        }
+        body = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+        return web.Response(body=body, content_type="application/json")
+
+
+def base_url(url: str) -> str:
+    """``scheme://host:port`` of a seed URL; ValueError if it is not http(s) with a host."""
+    parsed = URL(url)
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ValueError(f"seed {url!r} is not an http:// or https:// URL with a host")
+    if parsed.path not in ("", "/") or parsed.query_string:
+        raise ValueError(f"seed {url!r} must not have a path; k3snoded adds {PEERS_PATH}")
+    return str(parsed.origin())
+
+
+def parse_peers(body: bytes, cluster: str) -> list[Peer]:
+    """The peers of an authenticated answer; AuthenticationError if it is of another cluster."""
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        raise AuthenticationError("answer is not JSON") from None
+    if not isinstance(document, dict) or document.get("cluster") != cluster:
+        raise AuthenticationError("answer from another cluster")
+    entries = [document.get("local"), *(document.get("peers") or [])]
+    peers: list[Peer] = []
+    for entry in entries:
+        if not isinstance(entry, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in entry.items()
+        ):
+            log.debug("ignoring a malformed peer entry")
+            continue
+        try:
+            peer = peer_from_fields(entry)
+        except ValueError as exc:
+            log.debug("ignoring a peer entry: %s", exc)
+            continue
+        if peer.cluster == cluster:
+            peers.append(peer)
+    return peers
+
+
+async def fetch_peers(
+    session: aiohttp.ClientSession,
+    url: str,
+    key: bytes,
+    cluster: str,
+    *,
+    request_timeout: float = 3.0,
+    window: float = 30,
+    clock: Clock = time.time,
+) -> list[Peer]:
+    """Ask one peer API (``scheme://host:port``) whom it knows: itself first, then its peers.
+
+    Raises AuthenticationError (we were refused, or the answer is forged, stale or foreign),
+    aiohttp.ClientError / TimeoutError (unreachable), ValueError (bad URL).
+    """
+    target = base_url(url) + PEERS_PATH
+    nonce = new_nonce(os.urandom(16))
+    headers = sign_request(key, "GET", PEERS_PATH, b"", clock(), nonce)
+    async with session.get(
+        target,
+        headers=headers,
+        timeout=aiohttp.ClientTimeout(total=request_timeout),
+        ssl=False,
+        allow_redirects=False,
+    ) as response:
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.content.iter_chunked(1 << 16):
+            size += len(chunk)
+            if size > MAX_BODY:
+                raise AuthenticationError("answer too large")
+            chunks.append(chunk)
+        body = b"".join(chunks)
+        if response.status == 401:
+            reason = body.decode(errors="replace").strip()[:100]
+            raise AuthenticationError(f"refused by the seed: {reason}")
+        verify_response(
+            key, nonce, response.status, body, response.headers, now=clock(), window=window
+        )
+        if response.status != 200:
+            raise AuthenticationError(f"unexpected status {response.status}")
+    return parse_peers(body, cluster)

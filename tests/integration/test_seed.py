@@ -1,0 +1,238 @@
+"""Seed discovery against real aiohttp servers on loopback (free ports)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from k3snoded.discovery.peer_api import PEERS_PATH, PeerApi, base_url, fetch_peers
+from k3snoded.discovery.seed import SeedDiscovery
+from k3snoded.discovery.signing import derive_key, new_nonce, sign_request, sign_response
+from k3snoded.errors import AuthenticationError
+from k3snoded.model import Peer, Role
+
+KEY = derive_key("s3cret", "lab")
+N1 = Peer("n1", "lab", ("198.18.0.11",), 6480, Role.SERVER, "198.18.0.100")
+N2 = Peer("n2", "lab", ("198.18.0.12",), 6480, Role.AGENT)
+FOREIGN = Peer("x9", "other", ("198.18.0.99",), 6480, Role.SERVER)
+
+Serve = Callable[[web.Application], Awaitable[str]]
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Serve]:
+    runners: list[web.AppRunner] = []
+
+    async def start(app: web.Application) -> str:
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        host, port = runner.addresses[0][:2]
+        return f"http://{host}:{port}"
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
+
+
+def peer_app(key: bytes = KEY, cluster: str = "lab") -> tuple[web.Application, PeerApi]:
+    api = PeerApi(key, cluster, lambda: [N1, N2, FOREIGN], lambda: N1)
+    app = web.Application()
+    api.install(app)
+    return app, api
+
+
+async def test_signed_request_learns_the_seed_and_its_peers(serve: Serve) -> None:
+    app, api = peer_app()
+    url = await serve(app)
+    async with SeedDiscovery([url], KEY, "lab", local_name="n2") as seeds:
+        assert await seeds.refresh() == 1
+        # n2 is ourselves; the other cluster's peer is never passed on
+        assert seeds.peers() == {"n1": N1}
+    async with aiohttp.ClientSession() as session:
+        got = await fetch_peers(session, url + "/", KEY, "lab")
+    assert got == [N1, N2]
+    assert api.rejected == 0
+
+
+async def test_polling_task_finds_peers(serve: Serve) -> None:
+    app, _ = peer_app()
+    url = await serve(app)
+    async with SeedDiscovery([url], KEY, "lab", interval=0.05) as seeds:
+        await asyncio.wait_for(seeds.changed.wait(), 5)
+        assert set(seeds.peers()) == {"n1", "n2"}
+
+
+@pytest.mark.parametrize(
+    ("client_key", "cluster"),
+    [(derive_key("wrong", "lab"), "lab"), (derive_key("s3cret", "other"), "other")],
+)
+async def test_wrong_key_is_refused_and_nothing_learned(
+    serve: Serve, client_key: bytes, cluster: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    app, api = peer_app()
+    url = await serve(app)
+    caplog.set_level(logging.INFO)
+    async with SeedDiscovery([url], client_key, cluster) as seeds:
+        assert await seeds.refresh() == 0
+        assert await seeds.refresh() == 0
+        assert seeds.peers() == {}
+    assert api.rejected >= 2  # the polling task asks once at start, too
+    server_logs = [r for r in caplog.records if "refused peer-API request" in r.getMessage()]
+    client_logs = [r for r in caplog.records if r.getMessage().startswith("seed ")]
+    assert len(server_logs) == 1  # logged once per source and reason
+    assert "bad request signature" in server_logs[0].getMessage()
+    assert len(client_logs) == 1
+    assert "refused by the seed: bad request signature" in client_logs[0].getMessage()
+
+
+async def test_unsigned_and_replayed_requests_are_refused(serve: Serve) -> None:
+    app, api = peer_app()
+    url = await serve(app)
+    headers = sign_request(KEY, "GET", PEERS_PATH, b"", _now(), _nonce())
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url + PEERS_PATH) as resp:
+            assert resp.status == 401
+            assert (await resp.text()).strip() == "unsigned request"
+        async with session.get(url + PEERS_PATH, headers=headers) as resp:
+            assert resp.status == 200
+        async with session.get(url + PEERS_PATH, headers=headers) as resp:
+            assert resp.status == 401
+            assert (await resp.text()).strip() == "replayed request"
+        # the same signature on another path is a forgery
+        other = sign_request(KEY, "GET", "/v1/other", b"", _now(), _nonce())
+        async with session.get(url + PEERS_PATH, headers=other) as resp:
+            assert resp.status == 401
+            assert (await resp.text()).strip() == "bad request signature"
+        stale = sign_request(KEY, "GET", PEERS_PATH, b"", _now() - 120, _nonce())
+        async with session.get(url + PEERS_PATH, headers=stale) as resp:
+            assert resp.status == 401
+            assert (await resp.text()).strip().startswith("stale request")
+    assert api.rejected == 4
+
+
+def _now() -> float:
+    return time.time()
+
+
+def _nonce() -> str:
+    return new_nonce(os.urandom(16))
+
+
+def fake_seed(answer: Callable[[web.Request], web.Response]) -> web.Application:
+    async def handler(request: web.Request) -> web.Response:
+        return answer(request)
+
+    app = web.Application()
+    app.router.add_get(PEERS_PATH, handler)
+    return app
+
+
+BODY = (
+    b'{"cluster":"lab","peers":[],'
+    b'"local":{"v":"1","n":"evil","c":"lab","a":"198.18.0.66","p":"6480","r":"server"}}'
+)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        pytest.param(lambda r: web.Response(body=BODY), id="unsigned"),
+        pytest.param(
+            lambda r: web.Response(
+                body=BODY,
+                headers=sign_response(
+                    derive_key("guess", "lab"), r.headers["X-K3snoded-Nonce"], 200, BODY, _now()
+                ),
+            ),
+            id="signed-with-another-key",
+        ),
+        pytest.param(
+            lambda r: web.Response(
+                body=BODY, headers=sign_response(KEY, _nonce(), 200, BODY, _now())
+            ),
+            id="replayed-answer-to-another-request",
+        ),
+        pytest.param(
+            lambda r: web.Response(
+                body=BODY + b" ",
+                headers=sign_response(KEY, r.headers["X-K3snoded-Nonce"], 200, BODY, _now()),
+            ),
+            id="altered-body",
+        ),
+        pytest.param(
+            lambda r: web.Response(
+                body=BODY,
+                headers=sign_response(KEY, r.headers["X-K3snoded-Nonce"], 200, BODY, _now() - 300),
+            ),
+            id="stale-answer",
+        ),
+    ],
+)
+async def test_forged_answers_are_ignored(
+    serve: Serve, answer: Callable[[web.Request], web.Response]
+) -> None:
+    url = await serve(fake_seed(answer))
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(AuthenticationError):
+            await fetch_peers(session, url, KEY, "lab")
+    async with SeedDiscovery([url], KEY, "lab") as seeds:
+        assert await seeds.refresh() == 0
+        assert seeds.peers() == {}
+
+
+async def test_genuine_answer_from_fake_seed_is_accepted(serve: Serve) -> None:
+    """Control for the forgeries above: the same body, correctly signed, is learned."""
+
+    def answer(r: web.Request) -> web.Response:
+        return web.Response(
+            body=BODY, headers=sign_response(KEY, r.headers["X-K3snoded-Nonce"], 200, BODY, _now())
+        )
+
+    url = await serve(fake_seed(answer))
+    async with SeedDiscovery([url], KEY, "lab") as seeds:
+        assert await seeds.refresh() == 1
+        assert list(seeds.peers()) == ["evil"]
+
+
+async def test_unreachable_seed_backs_off_and_logs_once(
+    serve: Serve, caplog: pytest.LogCaptureFixture
+) -> None:
+    app, _ = peer_app()
+    good = await serve(app)
+    bad = await serve(web.Application())  # answers 404, unsigned
+    caplog.set_level(logging.WARNING)
+    async with SeedDiscovery([bad, good], KEY, "lab", request_timeout=1) as seeds:
+        for _ in range(3):
+            assert await seeds.refresh() == 1
+        assert set(seeds.peers()) == {"n1", "n2"}
+    warnings = [r.getMessage() for r in caplog.records if r.getMessage().startswith("seed ")]
+    assert warnings == [f"seed {bad}: unsigned response (logged once until it changes)"]
+
+
+async def test_closed_port_is_unreachable(caplog: pytest.LogCaptureFixture) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    caplog.set_level(logging.WARNING)
+    async with SeedDiscovery([f"http://127.0.0.1:{port}"], KEY, "lab") as seeds:
+        assert await seeds.refresh() == 0
+    assert any("unreachable" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("url", ["ftp://h:1", "http://", "http://h:1/path", "http://h:1/?q=1"])
+def test_bad_seed_urls(url: str) -> None:
+    with pytest.raises(ValueError, match="seed"):
+        base_url(url)
+    with pytest.raises(ValueError, match="seed"):
+        SeedDiscovery([url], KEY, "lab")
