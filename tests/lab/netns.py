@@ -62,8 +62,9 @@ def ip(*args: str, netns: str | None = None, stdin: str | None = None) -> str:
     return res.stdout
 
 
-def _mac(host: int) -> str:
-    return f"02:00:c6:12:00:{host:02x}"
+def _mac(index: int) -> str:
+    """n1 is 02:00:c6:12:00:01; client and db use their host number (0xfa, 0xf0)."""
+    return f"02:00:c6:12:00:{index:02x}"
 
 
 class Machine:
@@ -71,12 +72,12 @@ class Machine:
 
     interface: str = "eth0"
 
-    def __init__(self, lab: Lab, name: str, host: int) -> None:
+    def __init__(self, lab: Lab, name: str, host: int, mac_index: int) -> None:
         self.lab = lab
         self.name = name
         self.netns = f"{lab.prefix}-{name}"
         self.address = f"{lab.subnet}.{host}"
-        self.mac = _mac(host)
+        self.mac = _mac(mac_index)
         self.switch_port = f"{name}-p"  # the veth end inside the switch namespace
         self.procs: list[subprocess.Popen[bytes]] = []
 
@@ -217,11 +218,13 @@ class Lab:
         self.prefix = prefix
         self.subnet = subnet
         self.switch_ns = f"{prefix}-sw"
-        self.machines = [Machine(self, f"n{i + 1}", 10 + i + 1) for i in range(n)]
-        self.client = Machine(self, "client", CLIENT_HOST) if with_client else None
-        self.db = Machine(self, "db", DB_HOST) if with_db else None
+        self.machines = [Machine(self, f"n{i + 1}", 10 + i + 1, i + 1) for i in range(n)]
+        self.client = Machine(self, "client", CLIENT_HOST, CLIENT_HOST) if with_client else None
+        self.db = Machine(self, "db", DB_HOST, DB_HOST) if with_db else None
         self.workdir = Path(tempfile.gettempdir()) / f"k3snoded-lab-{prefix}"
         self.owner_pid = os.getpid()
+        self.extra: dict[str, Any] = {}  # saved in the state file (the CLI keeps the db kind)
+        self.detached = False
         self._on_down: list[Callable[[], None]] = []
         self._is_up = False
         self._closing = False
@@ -277,6 +280,12 @@ class Lab:
             raise PermissionError("the lab needs root (network namespaces, veth, bridge)")
         if self._is_up:
             return self
+        taken = set(self.namespaces) & set(list_namespaces())
+        if taken or self.state_file.exists():
+            raise LabError(
+                f"lab {self.prefix} already exists ({sorted(taken) or self.state_file}); "
+                f"pick another name or remove it: python -m tests.lab down {self.prefix}"
+            )
         _install_cleanup()
         with _live_lock:
             _live.append(self)
@@ -359,8 +368,14 @@ class Lab:
         with _live_lock:
             if self in _live:
                 _live.remove(self)
+        self.detached = True
+        self._write_state()
 
     # ---- state file (the CLI's ``down`` and stale-lab cleanup) --------------------------------
+    def save_state(self) -> None:
+        """Rewrite the state file (after changing extra)."""
+        self._write_state()
+
     def _write_state(self) -> None:
         STATE_DIR.mkdir(parents=True, exist_ok=True)
         state = {
@@ -372,6 +387,8 @@ class Lab:
             "owner_pid": self.owner_pid,
             "workdir": str(self.workdir),
             "namespaces": self.namespaces,
+            "detached": self.detached,
+            "extra": self.extra,
         }
         self.state_file.write_text(json.dumps(state, indent=1) + "\n")
 
@@ -387,6 +404,8 @@ class Lab:
             with_db=state["with_db"],
         )
         lab.owner_pid = int(state["owner_pid"])
+        lab.detached = bool(state.get("detached"))
+        lab.extra = dict(state.get("extra", {}))
         lab._is_up = True
         return lab
 
