@@ -7,10 +7,40 @@ carrying every problem by file and dotted key. ``check-config`` and the daemon c
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
+from k3snoded._config_build import Builder
+from k3snoded._config_check import check
+from k3snoded._config_host import HostFacts, Interface, detect_host
+from k3snoded._config_rules import hide_password
+from k3snoded._config_yaml import DROPIN_DIR, Sources, read_sources
+from k3snoded.errors import ConfigError
 from k3snoded.model import RolePreference
+
+__all__ = [
+    "DEFAULT_API_PORT",
+    "DEFAULT_CONFIG",
+    "DROPIN_DIR",
+    "K3S_PORT",
+    "ApiConfig",
+    "ClusterConfig",
+    "Config",
+    "CoordinationConfig",
+    "DatastoreConfig",
+    "DiscoveryConfig",
+    "HostFacts",
+    "Interface",
+    "K3sConfig",
+    "NodeConfig",
+    "RegistrationConfig",
+    "ServersConfig",
+    "VipConfig",
+    "config_summary",
+    "detect_host",
+    "load_config",
+]
 
 DEFAULT_CONFIG = Path("/etc/k3snoded/config.yaml")
 DEFAULT_API_PORT = 6480
@@ -52,6 +82,12 @@ class DatastoreConfig:
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
+
+    def __repr__(self) -> str:  # the endpoint may hold a password: never print it
+        return (
+            f"DatastoreConfig(endpoint={hide_password(self.endpoint)!r}, "
+            f"ca_file={self.ca_file!r}, cert_file={self.cert_file!r}, key_file={self.key_file!r})"
+        )
 
     @property
     def is_sqlite(self) -> bool:
@@ -123,6 +159,78 @@ class Config:
         return self.node.run_dir / "k3snoded.sock"
 
 
-def load_config(path: Path = DEFAULT_CONFIG) -> Config:
-    """Load and validate; raise ConfigError naming every problem by file and dotted key."""
-    raise NotImplementedError  # implemented by the config work
+def load_config(path: Path = DEFAULT_CONFIG, *, host: HostFacts | None = None) -> Config:
+    """Load and validate; raise ConfigError naming every problem by file and dotted key.
+
+    Reads ``path`` (required) and then ``config.d/*.yaml``/``*.yml`` beside it in lexical
+    order; mappings merge key by key, lists and scalars replace, an empty value unsets.
+    Defaults that depend on the machine (node name, interface, address, VIP interface) come
+    from ``host``, or from ``detect_host()`` when needed and not given. Never raises anything
+    but ``ConfigError`` for what the files or the machine contain.
+
+    Two defaults depend on other keys: ``servers.count`` is 1 when it is not set and the
+    datastore is SQLite (the embedded single server), and ``registration.vip.enabled`` is
+    false when ``registration.address`` is empty (no address, no VIP).
+    """
+    path = Path(path)
+    sources = read_sources(path)
+    builder = Builder(sources, str(path))
+    cfg: Config = builder.build(Config, sources.tree)
+    problems = sources.problems + builder.problems
+    if not sources.problems:  # context checks only make sense once every file was read
+        cfg = _fill_defaults(cfg, sources, host)
+        reported = {p.key for p in problems}
+        for problem in check(cfg, sources, str(path), lambda key: _is_set(sources, key)):
+            if not _under_any(problem.key, reported):
+                problems.append(problem)
+    if problems:
+        raise ConfigError(problems)
+    return replace(cfg, source=path)
+
+
+def _fill_defaults(cfg: Config, sources: Sources, host: HostFacts | None) -> Config:
+    node, reg = cfg.node, cfg.registration
+    needs_host = not node.name or not node.interface or not node.address
+    facts = (host or detect_host()) if needs_host else HostFacts()
+    name = node.name or facts.hostname.lower()
+    interface = node.interface or facts.default_interface()
+    address = node.address or (facts.address_of(interface) if interface else "")
+    node = replace(node, name=name, interface=interface, address=address)
+    vip = replace(
+        reg.vip,
+        interface=reg.vip.interface or interface,
+        enabled=reg.vip.enabled and bool(reg.address),
+    )
+    servers = cfg.servers
+    if not _is_set(sources, "servers.count") and cfg.datastore.is_sqlite:
+        servers = replace(servers, count=1)
+    return replace(cfg, node=node, servers=servers, registration=replace(reg, vip=vip))
+
+
+def _is_set(sources: Sources, key: str) -> bool:
+    value: Any = sources.tree
+    for part in key.split("."):
+        if not isinstance(value, dict) or value.get(part) is None:
+            return False
+        value = value[part]
+    return True
+
+
+def _under_any(key: str, keys: set[str]) -> bool:
+    return any(key == k or key.startswith((k + ".", k + "[")) for k in keys if k)
+
+
+def config_summary(cfg: Config) -> str:
+    """One line for logs and ``STATUS=``; never contains secrets (no endpoint credentials)."""
+    datastore = "sqlite" if cfg.datastore.is_sqlite else cfg.datastore.endpoint.split("://")[0]
+    if cfg.registration.address:
+        kind = "vip" if cfg.registration.vip.enabled else "external"
+        registration = f"{cfg.registration.address} ({kind})"
+    else:
+        registration = "none"
+    return (
+        f"cluster {cfg.cluster.name}, node {cfg.node.name} ({cfg.node.role.value}, "
+        f"{cfg.node.address or 'no address'}), {cfg.servers.count} server(s)"
+        f"{' dedicated' if cfg.servers.dedicated else ''}, datastore {datastore}, "
+        f"registration {registration}"
+    )
