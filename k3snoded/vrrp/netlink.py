@@ -1,0 +1,167 @@
+"""The VIP as an address on an interface, managed through netlink (pyroute2's AsyncIPRoute).
+
+Idempotent: ``ensure_present``/``ensure_absent`` compare the wanted and the actual address and
+act only on a difference, so a lost race ("File exists", "Cannot assign requested address")
+is not an error. The VIP is added with the subnet's prefix, which makes the kernel mark it
+secondary next to the interface's own (primary) address: source selection keeps using the
+primary address, and removing the VIP never touches it. Optionally the VIP carries a short
+kernel lifetime that its holder keeps refreshing (see ``ensure_present``).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Interface
+from types import TracebackType
+from typing import Any
+
+from pyroute2 import AsyncIPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from k3snoded.errors import VrrpError
+
+log = logging.getLogger(__name__)
+
+_AF_INET = 2
+_IFA_F_SECONDARY = 0x01
+_IFF_UP = 0x01
+
+
+@dataclass(frozen=True)
+class InterfaceInfo:
+    """What the speaker needs to know about its interface."""
+
+    name: str
+    index: int
+    mac: bytes
+    up: bool
+    primary: IPv4Address | None  # the first non-secondary IPv4 address, if any
+
+
+async def _collect(result: Any) -> list[Any]:
+    """pyroute2 0.9 returns lists for some requests and async generators for dumps."""
+    if hasattr(result, "__aiter__"):
+        return [item async for item in result]
+    return list(result)
+
+
+class Netlink:
+    """One rtnetlink socket for the speaker's lifetime. ``async with Netlink() as nl: ...``."""
+
+    def __init__(self) -> None:
+        self._ipr: Any = None
+
+    async def __aenter__(self) -> Netlink:
+        try:
+            self._ipr = AsyncIPRoute()
+            await self._ipr.__aenter__()
+        except OSError as exc:
+            raise VrrpError(f"cannot open a netlink socket: {exc}") from exc
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._ipr is not None:
+            await self._ipr.__aexit__(exc_type, exc, tb)
+            self._ipr = None
+
+    @property
+    def _r(self) -> Any:
+        if self._ipr is None:
+            raise VrrpError("netlink socket is not open")
+        return self._ipr
+
+    async def interface(self, name: str) -> InterfaceInfo:
+        """The interface called ``name``; VrrpError if there is none."""
+        try:
+            found = await self._r.link_lookup(ifname=name)
+            if not found:
+                raise VrrpError(f"no interface {name!r}")
+            index = int(found[0])
+            (link,) = await _collect(await self._r.link("get", index=index))
+            addrs = await self._addr_dump(index)
+        except NetlinkError as exc:
+            raise VrrpError(f"cannot read interface {name!r}: {exc}") from exc
+        mac_text = link.get("address") or "00:00:00:00:00:00"
+        primary = next(
+            (a.ip for a, flags in addrs if not flags & _IFA_F_SECONDARY),
+            None,
+        )
+        return InterfaceInfo(
+            name=name,
+            index=index,
+            mac=bytes.fromhex(mac_text.replace(":", "")),
+            up=bool(link["flags"] & _IFF_UP),
+            primary=primary,
+        )
+
+    async def _addr_dump(self, index: int) -> list[tuple[IPv4Interface, int]]:
+        rows = await _collect(await self._r.addr("dump", index=index, family=_AF_INET))
+        out = []
+        for row in rows:
+            local = row.get("local") or row.get("address")
+            if local:
+                flags = int(row.get("flags") or row["flags"])
+                out.append((IPv4Interface(f"{local}/{row['prefixlen']}"), flags))
+        return out
+
+    async def addresses(self, index: int) -> list[IPv4Interface]:
+        """The IPv4 addresses on the interface, with their prefix lengths."""
+        try:
+            return [a for a, _ in await self._addr_dump(index)]
+        except NetlinkError as exc:
+            raise VrrpError(f"cannot list addresses of interface {index}: {exc}") from exc
+
+    async def holds(self, index: int, vip: IPv4Interface) -> bool:
+        """Whether the VIP's address is on the interface (any prefix length)."""
+        return any(a.ip == vip.ip for a in await self.addresses(index))
+
+    async def ensure_present(
+        self, index: int, vip: IPv4Interface, lifetime: int | None = None
+    ) -> bool:
+        """Add the VIP unless it is there; True if this call added it.
+
+        With ``lifetime`` (seconds), the address is (re)written with that valid and preferred
+        lifetime on every call: the kernel deletes it by itself unless it is refreshed in time,
+        so a holder that is SIGKILLed or frozen does not keep the address for ever.
+        """
+        present = await self.holds(index, vip)
+        if present and lifetime is None:
+            return False
+        extra = {} if lifetime is None else {"valid_lft": lifetime, "preferred_lft": lifetime}
+        command = "add" if lifetime is None else "replace"
+        try:
+            await self._r.addr(
+                command,
+                index=index,
+                address=str(vip.ip),
+                prefixlen=vip.network.prefixlen,
+                **extra,
+            )
+        except NetlinkError as exc:
+            if exc.code == errno.EEXIST:
+                return False
+            raise VrrpError(f"cannot add {vip} to interface {index}: {exc}") from exc
+        return not present
+
+    async def ensure_absent(self, index: int, vip: IPv4Interface) -> bool:
+        """Remove the VIP (whatever its prefix length) if it is there; True if removed."""
+        removed = False
+        for addr in await self.addresses(index):
+            if addr.ip != vip.ip:
+                continue
+            try:
+                await self._r.addr(
+                    "del", index=index, address=str(addr.ip), prefixlen=addr.network.prefixlen
+                )
+                removed = True
+            except NetlinkError as exc:
+                if exc.code != errno.EADDRNOTAVAIL:
+                    raise VrrpError(f"cannot remove {addr} from interface {index}: {exc}") from exc
+        return removed

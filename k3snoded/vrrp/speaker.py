@@ -1,0 +1,362 @@
+"""The VRRPv3 speaker: the pure machine (``machine.py``) wired to the network and the kernel.
+
+One asyncio task owns everything: the raw socket is read with ``loop.add_reader``, the single
+timer is a ``loop.call_later`` handle, and the address is reconciled by one task that compares
+the wanted state (from the machine) with the interface and acts only on a difference. Events
+are fed to the machine synchronously, so adverts and timers never wait behind netlink.
+
+Health tracking belongs to the caller (the daemon probes the local k3s ``/ping``):
+``set_healthy(False)`` makes a master send a priority-0 advert and release the address, and a
+backup refuse to take over; ``set_priority(p)`` changes the advertised priority.
+
+Stale copies: at start the VIP is removed from the interface (a killed predecessor leaves it,
+lab-findings §3). While Master, the VIP carries a kernel lifetime (``vip_lifetime``, 1 s by
+default) refreshed every 0.25 s, so a SIGKILLed or frozen holder loses it within about 2 s
+instead of holding it for ever next to the new master.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Interface
+
+from k3snoded.errors import VrrpError
+from k3snoded.model import VrrpState
+from k3snoded.vrrp import machine, packet
+from k3snoded.vrrp.garp import GarpSender
+from k3snoded.vrrp.machine import MachineConfig, MachineState
+from k3snoded.vrrp.netlink import Netlink
+from k3snoded.vrrp.transport import VrrpSocket
+
+log = logging.getLogger(__name__)
+
+RECONCILE_EVERY = 5.0  # seconds: re-check the address even when nothing changed
+LIFETIME_REFRESH = 0.25  # seconds: how often a master refreshes the VIP's kernel lifetime
+_MAX_READS_PER_WAKEUP = 64
+
+
+@dataclass(frozen=True)
+class SpeakerStatus:
+    """A snapshot for status pages and metrics."""
+
+    state: VrrpState
+    priority: int
+    effective_priority: int
+    healthy: bool
+    master: str | None  # the master's address as learned from adverts, ours when Master
+    holds_vip: bool  # the VIP is on our interface right now (as last reconciled)
+    transitions: int
+    reason: str
+    dropped: int  # received datagrams dropped (malformed, wrong TTL/VRID, foreign source)
+
+
+class _DropLog:
+    """Log each kind of bad input once at WARNING, then quietly count it."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def drop(self, kind: str, detail: str) -> None:
+        n = self.counts.get(kind, 0) + 1
+        self.counts[kind] = n
+        if n == 1:
+            log.warning(
+                "dropping VRRP input (%s): %s; further drops of this kind are counted quietly",
+                kind,
+                detail,
+            )
+        else:
+            log.debug("dropping VRRP input (%s, #%d): %s", kind, n, detail)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+class VrrpSpeaker:
+    """One VRRP instance (one VRID, one VIP) on one interface."""
+
+    def __init__(
+        self,
+        *,
+        interface: str,
+        vip: str,
+        prefix: int,
+        vrid: int,
+        priority: int,
+        advert_interval: float = 0.1,
+        preempt: bool = False,
+        unicast_peers: Sequence[str] = (),
+        source_address: str | None = None,
+        accept_mode: bool = True,
+        garp_burst: int = 5,
+        garp_repeat_after: float = 2.0,
+        vip_lifetime: int | None = 1,
+    ) -> None:
+        if not 1 <= vrid <= 255:
+            raise VrrpError(f"VRID {vrid} is outside 1..255")
+        _check_priority(priority)
+        if not accept_mode:
+            raise VrrpError("accept_mode=False is not supported: the API server listens on the VIP")
+        try:
+            self._cs = packet.interval_to_cs(advert_interval)
+        except ValueError as exc:
+            raise VrrpError(str(exc)) from exc
+        self.interface = interface
+        self.vip = IPv4Interface(f"{packet.parse_address(vip)}/{prefix}")
+        self.vrid = vrid
+        self.advert_interval = self._cs / 100.0
+        self.preempt = preempt
+        self.unicast_peers = tuple(packet.parse_address(p) for p in unicast_peers)
+        self._source = packet.parse_address(source_address) if source_address else None
+        self._garp_burst = garp_burst
+        self._garp_repeat_after = garp_repeat_after
+        if vip_lifetime is not None and vip_lifetime < 1:
+            raise VrrpError("vip_lifetime must be at least 1 s (or None: permanent)")
+        self._lifetime = vip_lifetime
+        self._state = MachineState(priority=priority, master_adver_interval=self.advert_interval)
+        self._config: MachineConfig | None = None
+        self._sock: VrrpSocket | None = None
+        self._garp: GarpSender | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._want_vip = False
+        self._holds_vip = False
+        self._garp_pending = False
+        self._garp_task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._done = asyncio.Event()
+        self._drops = _DropLog()
+        self._send_errors = _DropLog()
+
+    # ---- public API -------------------------------------------------------------------------
+    @property
+    def status(self) -> SpeakerStatus:
+        s = self._state
+        return SpeakerStatus(
+            state=s.state,
+            priority=s.priority,
+            effective_priority=s.effective_priority,
+            healthy=s.healthy,
+            master=str(s.master) if s.master else None,
+            holds_vip=self._holds_vip,
+            transitions=s.transitions,
+            reason=s.reason,
+            dropped=self._drops.total,
+        )
+
+    def set_priority(self, priority: int) -> None:
+        """Change the base priority (1..254); a master advertises it at once."""
+        _check_priority(priority)
+        self._feed(machine.PriorityChanged(priority))
+
+    def set_healthy(self, healthy: bool) -> None:
+        """Stand down (False) or stand for election again (True). See the module docstring."""
+        self._feed(machine.HealthChanged(healthy))
+
+    async def stop(self) -> None:
+        """Graceful stop: a master sends a priority-0 advert and removes the VIP. Waits for it."""
+        self._stopping.set()
+        self._wake.set()
+        if self._config is not None:
+            await self._done.wait()
+
+    async def run(self) -> None:
+        """Run until ``stop()`` or cancellation; always leaves the VIP off the interface."""
+        loop = asyncio.get_running_loop()
+        try:
+            async with Netlink() as nl:
+                await self._run(loop, nl)
+        finally:
+            self._done.set()
+
+    # ---- the loop ---------------------------------------------------------------------------
+    async def _run(self, loop: asyncio.AbstractEventLoop, nl: Netlink) -> None:
+        info = await nl.interface(self.interface)
+        source = self._source or info.primary
+        if source is None or source == self.vip.ip:
+            raise VrrpError(f"interface {self.interface} has no IPv4 address of its own")
+        # A killed predecessor leaves the VIP behind (lab-findings §3): never start holding it.
+        if await nl.ensure_absent(info.index, self.vip):
+            log.warning("removed a stale copy of %s from %s at start", self.vip, self.interface)
+        self._config = MachineConfig(
+            address=source, advert_interval=self.advert_interval, preempt=self.preempt
+        )
+        self._sock = VrrpSocket(
+            self.interface, info.index, source, multicast=not self.unicast_peers
+        )
+        self._garp = GarpSender(
+            self.interface,
+            info.mac,
+            self.vip.ip,
+            burst=self._garp_burst,
+            repeat_after=self._garp_repeat_after,
+        )
+        self._sock.open()
+        try:
+            self._garp.open()
+            loop.add_reader(self._sock.fileno(), self._on_readable)
+            log.info(
+                "VRRP speaker on %s: VRID %d, VIP %s, priority %d, advert %.2f s, %s, source %s",
+                self.interface, self.vrid, self.vip, self._state.priority, self.advert_interval,
+                f"unicast to {', '.join(map(str, self.unicast_peers))}"
+                if self.unicast_peers else "multicast", source,
+            )  # fmt: skip
+            self._feed(machine.Startup())
+            await self._reconcile_until_stopped(nl, info.index)
+        finally:
+            if self._state.state is not VrrpState.INITIALIZE:
+                self._feed(machine.Shutdown())
+            self._cancel_timer()
+            with contextlib.suppress(Exception):
+                loop.remove_reader(self._sock.fileno())
+            await self._stop_garp()
+            self._want_vip = False
+            try:
+                await nl.ensure_absent(info.index, self.vip)
+            finally:
+                self._holds_vip = False
+                self._sock.close()
+                self._garp.close()
+                log.info("VRRP speaker on %s stopped", self.interface)
+
+    async def _reconcile_until_stopped(self, nl: Netlink, index: int) -> None:
+        """Make the interface match the machine's wish; wake on change or every few seconds."""
+        while not self._stopping.is_set():
+            refreshing = self._want_vip and self._lifetime is not None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._wake.wait(), LIFETIME_REFRESH if refreshing else RECONCILE_EVERY
+                )
+            self._wake.clear()
+            if self._stopping.is_set():
+                return
+            want = self._want_vip
+            try:
+                if want:
+                    if await nl.ensure_present(index, self.vip, self._lifetime):
+                        log.info("added %s to %s", self.vip, self.interface)
+                    self._holds_vip = True
+                    if self._garp_pending and self._want_vip:
+                        self._garp_pending = False
+                        await self._stop_garp()
+                        self._garp_task = asyncio.create_task(self._garp_announce())
+                else:
+                    await self._stop_garp()
+                    if await nl.ensure_absent(index, self.vip):
+                        log.info("removed %s from %s", self.vip, self.interface)
+                    self._holds_vip = False
+            except VrrpError as exc:
+                self._send_errors.drop("netlink", str(exc))
+                await asyncio.sleep(0.05)
+                self._wake.set()
+
+    async def _garp_announce(self) -> None:
+        assert self._garp is not None
+        await self._garp.announce()
+
+    async def _stop_garp(self) -> None:
+        task, self._garp_task = self._garp_task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # ---- events in, actions out -------------------------------------------------------------
+    def _feed(self, event: machine.Event) -> None:
+        if self._config is None:  # not running yet: only remember priority and health
+            self._state, _ = machine.step(
+                MachineConfig(IPv4Address(0), self.advert_interval), self._state, event
+            )
+            return
+        before = self._state
+        self._state, actions = machine.step(self._config, self._state, event)
+        if self._state.state is not before.state:
+            log.info(
+                "VRRP %s → %s: %s",
+                before.state.value.upper(), self._state.state.value.upper(), self._state.reason,
+            )  # fmt: skip
+        for action in actions:
+            self._perform(action)
+
+    def _perform(self, action: machine.Action) -> None:
+        match action:
+            case machine.SendAdvert(priority=p):
+                self._send_advert(p)
+            case machine.AddVip():
+                self._want_vip = True
+                self._wake.set()
+            case machine.RemoveVip():
+                self._want_vip = False
+                self._garp_pending = False
+                self._wake.set()
+            case machine.SendGarp():
+                self._garp_pending = True
+                self._wake.set()
+            case machine.SetTimer(delay=d):
+                self._cancel_timer()
+                self._timer = asyncio.get_running_loop().call_later(d, self._on_timer)
+            case machine.CancelTimer():
+                self._cancel_timer()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._feed(machine.TimerFired())
+
+    def _send_advert(self, priority: int) -> None:
+        assert self._sock is not None
+        advert = packet.Advertisement(self.vrid, priority, self._cs, (self.vip.ip,))
+        targets = self.unicast_peers or (packet.VRRP_MULTICAST_GROUP,)
+        for dst in targets:
+            try:
+                self._sock.send(packet.encode(advert, self._sock.source, dst), dst)
+            except OSError as exc:
+                self._send_errors.drop("send", f"advert to {dst}: {exc}")
+
+    def _on_readable(self) -> None:
+        assert self._sock is not None
+        for _ in range(_MAX_READS_PER_WAKEUP):
+            data = self._sock.receive()
+            if data is None:
+                return
+            self._on_datagram(data)
+
+    def _on_datagram(self, data: bytes) -> None:
+        assert self._sock is not None and self._config is not None
+        try:
+            dgram = packet.parse_ipv4(data)
+            if dgram.protocol != packet.IPPROTO_VRRP:
+                return
+            if dgram.source == self._sock.source:
+                return  # our own advert, looped back
+            if dgram.ttl != packet.VRRP_TTL:
+                self._drops.drop("ttl", f"TTL {dgram.ttl} from {dgram.source}, must be 255")
+                return
+            if self.unicast_peers and dgram.source not in self.unicast_peers:
+                self._drops.drop("source", f"advert from {dgram.source}, not a configured peer")
+                return
+            advert = packet.decode(dgram.payload, dgram.source, dgram.destination)
+        except packet.MalformedAdvert as exc:
+            self._drops.drop("malformed", str(exc))
+            return
+        if advert.vrid != self.vrid:
+            return  # another router's VRID on the same segment: silently discarded (RFC 7.1)
+        if advert.addresses != (self.vip.ip,):
+            self._drops.drop(
+                "addresses", f"{dgram.source} advertises {list(map(str, advert.addresses))}"
+            )
+        self._feed(machine.AdvertReceived(advert.priority, dgram.source, advert.interval))
+
+
+def _check_priority(priority: int) -> None:
+    if not 1 <= priority <= 254:
+        raise VrrpError(f"priority {priority} is outside 1..254 (255 is the address owner's)")
