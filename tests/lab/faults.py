@@ -81,7 +81,7 @@ def split(lab: Lab, groups: Sequence[Sequence[Machine]]) -> None:
     _nft(
         None,
         f"table bridge {SPLIT_TABLE}\ndelete table bridge {SPLIT_TABLE}\n"
-        f"table bridge {SPLIT_TABLE} {{\n  chain fwd {{\n"
+        f"table bridge {SPLIT_TABLE} {{\n  chain lab_fwd {{\n"
         f"    type filter hook forward priority 0; policy accept;\n    {body}\n  }}\n}}\n",
         netns=lab.switch_ns,
     )
@@ -107,7 +107,7 @@ def loss(m: Machine, percent: float, *, direction: str = "both") -> None:
     for d in _DIRECTIONS[direction]:
         hook, match = ("input", "iifname") if d == "in" else ("output", "oifname")
         chains.append(
-            f"  chain {d} {{\n    type filter hook {hook} priority -10; policy accept;\n"
+            f"  chain lab_{d} {{\n    type filter hook {hook} priority -10; policy accept;\n"
             f'    {match} "{m.interface}" {cond}drop\n  }}\n'
         )
     _nft(

@@ -166,9 +166,11 @@ class Machine:
     def link_up(self) -> None:
         faults.link_up(self)
 
-    def partition(self) -> None:
-        """Detach the machine's port from the bridge; its eth0 stays up and has carrier."""
-        faults.partition(self)
+    def partition(self, *, carrier: bool = True) -> None:
+        """Cut the machine off the bridge. carrier=True (default): the switch port leaves the
+        bridge, eth0 stays up with carrier (the machine only sees silence); carrier=False: the
+        switch-side veth goes down (eth0 shows NO-CARRIER)."""
+        faults.partition(self, carrier=carrier)
 
     def heal(self) -> None:
         faults.heal(self)
