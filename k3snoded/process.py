@@ -1,0 +1,142 @@
+"""Process identity, pidfiles and the HTTPS readiness probe of a supervised child.
+
+A pid alone does not name a process: pids are reused. A process is identified here by its pid
+plus its start time (field 22 of ``/proc/<pid>/stat``, in clock ticks since boot), which no
+later process with the same pid can share. k3s hides its argv, so the command line is not used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import ssl
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PidRecord:
+    """What a supervisor writes about its running child, to adopt it after a daemon restart."""
+
+    pid: int
+    starttime: int
+    identity: str  # ChildSpec.identity of what the process was started with
+    ready_url: str | None = None
+    ready_timeout: float = 300.0
+    stop_timeout: float = 30.0
+
+
+def process_starttime(pid: int) -> int | None:
+    """The start time of a live process, or None when there is none (gone, or a zombie)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    # comm (field 2) may hold spaces and parentheses: the fields after it start past the last ')'.
+    fields = stat[stat.rfind(")") + 2 :].split()
+    if len(fields) < 20 or fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])
+
+
+def session_of(pid: int) -> int | None:
+    """The session id of a process, or None when it is gone."""
+    try:
+        return os.getsid(pid)
+    except (ProcessLookupError, PermissionError):
+        return None
+
+
+def describe_exit(status: int | None) -> str:
+    """'exited with status 1', 'was killed by signal 9 (SIGKILL)', or 'exited' when unknown."""
+    if status is None:
+        return "exited"
+    if status > 128 and status - 128 < signal.NSIG:
+        try:
+            name = signal.Signals(status - 128).name
+        except ValueError:
+            name = f"signal {status - 128}"
+        return f"was killed by signal {status - 128} ({name})"
+    return f"exited with status {status}"
+
+
+def write_pidfile(path: Path, record: PidRecord) -> None:
+    """Write the pidfile atomically (temp file, fsync, rename), mode 0600. Blocking."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(asdict(record), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def read_pidfile(path: Path) -> PidRecord | None:
+    """The record in the pidfile, or None when it is missing or unreadable (logged)."""
+    try:
+        data = json.loads(path.read_text())
+        return PidRecord(
+            pid=int(data["pid"]),
+            starttime=int(data["starttime"]),
+            identity=str(data["identity"]),
+            ready_url=None if data.get("ready_url") is None else str(data["ready_url"]),
+            ready_timeout=float(data.get("ready_timeout", 300.0)),
+            stop_timeout=float(data.get("stop_timeout", 30.0)),
+        )
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("ignoring unreadable pidfile %s: %s", path, exc)
+        return None
+
+
+def remove_pidfile(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def insecure_tls_context() -> ssl.SSLContext:
+    """TLS without certificate checks: the probe targets a local endpoint with a private CA."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+async def http_status(url: str, ctx: ssl.SSLContext, seconds: float) -> int | None:
+    """The status code of ``GET url`` (http or https), or None when there is no answer in time."""
+    parts = urlsplit(url)
+    tls = parts.scheme == "https"
+    host = parts.hostname or "127.0.0.1"
+    port = parts.port or (443 if tls else 80)
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    writer: asyncio.StreamWriter | None = None
+    try:
+        async with asyncio.timeout(seconds):
+            reader, writer = await asyncio.open_connection(host, port, ssl=ctx if tls else None)
+            netloc = parts.netloc.rpartition("@")[2]
+            writer.write(
+                f"GET {path} HTTP/1.1\r\nHost: {netloc}\r\nConnection: close\r\n\r\n".encode()
+            )
+            line = await reader.readline()
+        fields = line.split()
+        if len(fields) >= 2 and fields[0].startswith(b"HTTP/") and fields[1].isdigit():
+            return int(fields[1])
+        return None
+    except (OSError, TimeoutError, ssl.SSLError, EOFError):
+        return None
+    finally:
+        if writer is not None:
+            writer.transport.abort()  # no TLS close_notify dance: nothing more to say
