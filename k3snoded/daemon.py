@@ -1,0 +1,220 @@
+"""Composition root: builds everything, owns every task, handles signals and sd_notify.
+
+Only this module names concrete implementations. Shutdown runs in reverse order of start-up:
+the role source (fleet loop, VIP) first, then the k3s child, then the API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+from typing import Any
+
+from k3snoded import __version__, k3s
+from k3snoded.api import ApiServer
+from k3snoded.config import Config, load_config
+from k3snoded.errors import EX_CONFIG, ConfigError, K3snodedError
+from k3snoded.logs import setup_logging
+from k3snoded.metrics import render_metrics
+from k3snoded.model import Peer, Role
+from k3snoded.notify import SystemdNotifier, watchdog_interval
+from k3snoded.peers import PeerBook
+from k3snoded.roles import RoleSource, Wanted, build_role_source
+from k3snoded.supervisor import Supervisor
+from k3snoded.vip import VipKeeper
+
+log = logging.getLogger("k3snoded")
+
+
+class Daemon:
+    """One node: keeps the local k3s in the role the fleet (or the config) says."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.notifier = SystemdNotifier.from_env()
+        self.supervisor = Supervisor(
+            "k3s",
+            cfg.node.run_dir,
+            backoff_max=cfg.k3s.restart_backoff_max,
+        )
+        self.vip = VipKeeper(cfg)
+        self.peers = PeerBook(cfg, local=self._local_peer)
+        self.roles: RoleSource = build_role_source(
+            cfg, self.supervisor, vip=self.vip, peers=self.peers
+        )
+        self.api = ApiServer(
+            socket_path=cfg.socket_path,
+            status=self.status,
+            metrics=lambda: render_metrics(self.status()),
+            healthy=self._healthy,
+            listen=cfg.api.listen,
+            peer_setup=[self.peers.install],
+        )
+        self._stop = asyncio.Event()
+        self._ready_sent = False
+        self._last_status_line = ""
+
+    # ---- status --------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        child = self.supervisor.status
+        wanted = self.roles.wanted
+        out: dict[str, Any] = {
+            "version": __version__,
+            "node": {
+                "name": self.cfg.node.name,
+                "address": self.cfg.node.address,
+                "preference": self.cfg.node.role.value,
+                "role": wanted.role.value,
+            },
+            "k3s": {
+                "state": child.state.value,
+                "ready": child.ready,
+                "pid": child.pid,
+                "restarts": child.restarts,
+                "crash_loop": child.crash_loop,
+                "adopted": child.adopted,
+                "last_exit": child.last_exit,
+                "message": child.message,
+            },
+            "registration": wanted.registration,
+            "decision": wanted.reason,
+        }
+        out.update(self.roles.status())
+        return out
+
+    def _local_peer(self) -> Peer:
+        w = self.roles.wanted
+        return Peer(
+            name=self.cfg.node.name,
+            cluster=self.cfg.cluster.name,
+            addresses=(self.cfg.node.address,) if self.cfg.node.address else (),
+            api_port=_port(self.cfg.api.listen),
+            role=w.role,
+            registration=w.registration or self.cfg.registration.address or None,
+        )
+
+    def _healthy(self) -> bool:
+        wanted = self.roles.wanted
+        return wanted.role is Role.NONE or self.supervisor.status.ready
+
+    def _status_line(self) -> str:
+        w = self.roles.wanted
+        c = self.supervisor.status
+        k3s = "ready" if c.ready else c.state.value
+        if c.crash_loop:
+            k3s += ", crash loop"
+        vip = self.roles.status().get("vip", {})
+        held = ", VIP held" if vip.get("held") else ""
+        return f"{w.role.value}, k3s {k3s}{held}: {w.reason}"
+
+    # ---- lifecycle -----------------------------------------------------------------------
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._request_stop, sig)
+        loop.add_signal_handler(signal.SIGHUP, self._reload)
+        log.info(
+            "k3snoded %s starting: node %s, cluster %s, config %s",
+            __version__,
+            self.cfg.node.name,
+            self.cfg.cluster.name,
+            self.cfg.source,
+        )
+        await asyncio.to_thread(k3s.install_token_file, self.cfg)
+        await self.api.start()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                sup = tg.create_task(self.supervisor.run(), name="supervisor")
+                peers = tg.create_task(self.peers.run(), name="discovery")
+                roles = tg.create_task(self.roles.run(), name="roles")
+                watch = tg.create_task(self._watch(), name="notify")
+                await self._stop.wait()
+                self.notifier.notify("STOPPING=1")
+                log.info("stopping: releasing the role, then stopping k3s")
+                await self.roles.stop()
+                roles.cancel()
+                await self.supervisor.shutdown(stop_child=True)
+                await sup
+                peers.cancel()
+                await self.peers.close()
+                watch.cancel()
+        finally:
+            await self.api.close()
+        log.info("stopped")
+        return 0
+
+    def _request_stop(self, sig: signal.Signals) -> None:
+        if self._stop.is_set():
+            return
+        log.info("received %s", sig.name)
+        self._stop.set()
+
+    def _reload(self) -> None:
+        try:
+            new = load_config(self.cfg.source)
+        except ConfigError as err:
+            log.error("SIGHUP: the new configuration is invalid; keeping the running one\n%s", err)
+            return
+        if new == self.cfg:
+            log.info("SIGHUP: configuration unchanged")
+            return
+        restart_only = []
+        if new.node.run_dir != self.cfg.node.run_dir:
+            restart_only.append("node.run_dir")
+        if new.api != self.cfg.api:
+            restart_only.append("api")
+        if restart_only:
+            log.warning("SIGHUP: %s take effect only after a restart", ", ".join(restart_only))
+        log.info("SIGHUP: configuration reloaded from %s", new.source)
+        self.cfg = new
+        k3s.install_token_file(new)  # small and local; before k3s may be restarted with it
+        self.roles.reconfigure(new)
+
+    async def _watch(self) -> None:
+        """Feed the watchdog, keep STATUS= current, send READY=1 once the role runs."""
+        interval = watchdog_interval()
+        tick = min(interval, 1.0) if interval else 1.0
+        while True:
+            if interval:
+                self.notifier.notify("WATCHDOG=1")
+            line = self._status_line()
+            if line != self._last_status_line:
+                self._last_status_line = line
+                self.notifier.notify(f"STATUS={line}")
+            if not self._ready_sent and self.supervisor.status.ready:
+                self._ready_sent = True
+                self.notifier.notify("READY=1")
+                log.info("local %s is running and ready", self.roles.wanted.role.value)
+            await asyncio.sleep(tick)
+
+
+def _port(listen: str) -> int:
+    _, _, port = listen.rpartition(":")
+    return int(port) if port.isdigit() else 0
+
+
+def run_daemon(config_path: Path) -> int:
+    """Entry point of ``k3snoded run``: validate first, exit 78 on a bad config."""
+    setup_logging()
+    try:
+        cfg = load_config(config_path)
+    except ConfigError as err:
+        log.error("%s", err)
+        return EX_CONFIG
+    try:
+        return asyncio.run(Daemon(cfg).run())
+    except K3snodedError as err:
+        log.error("fatal: %s", err)
+        return 1
+    except BaseExceptionGroup as group:
+        fatal, rest = group.split(K3snodedError)
+        if rest is not None or fatal is None:
+            raise
+        for exc in fatal.exceptions:
+            log.error("fatal: %s", exc)
+        return 1
+
+
+__all__ = ["Daemon", "Wanted", "run_daemon"]

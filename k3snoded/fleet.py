@@ -1,0 +1,252 @@
+"""The HA loop over a shared datastore (D1, D2): observe → decide → act, one sentence per cycle.
+
+Every cycle each machine (1) writes its heartbeat, (2) reads the member table with the roles the
+coordinator assigned, (3) if eligible, holds or tries the ``coordinator`` lease and, while holding
+it, runs the pure ``election.decide`` and writes the roles, (4) reconciles its own k3s to its
+assigned role. A server starts only after the cluster is bootstrapped, or while it holds the
+``bootstrap`` lease (the first server starts alone, D2).
+
+Datastore outage policy: no role changes, k3s left running, the VIP left to VRRP (which follows
+the local API's health, not the datastore); the loop retries every cycle and recovers by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from k3snoded.config import Config
+from k3snoded.datastore import (
+    BOOTSTRAP_LEASE as BOOTSTRAP,
+)
+from k3snoded.datastore import (
+    BOOTSTRAPPED_FLAG as BOOTSTRAPPED,
+)
+from k3snoded.datastore import (
+    Datastore,
+    MemberRecord,
+    open_datastore,
+)
+from k3snoded.election import ElectionInput, decide
+from k3snoded.errors import DatastoreError
+from k3snoded.model import Member, Role, RolePreference
+from k3snoded.peers import PeerBook
+from k3snoded.roles import RoleSource, Wanted
+from k3snoded.supervisor import Supervisor
+from k3snoded.vip import VipKeeper
+
+log = logging.getLogger("k3snoded.fleet")
+
+COORDINATOR = "coordinator"
+
+
+class FleetRoles(RoleSource):
+    def __init__(
+        self,
+        cfg: Config,
+        supervisor: Supervisor,
+        *,
+        vip: VipKeeper,
+        peers: PeerBook,
+        datastore: Datastore | None = None,
+    ) -> None:
+        super().__init__(cfg, supervisor)
+        self.ds = datastore or open_datastore(cfg.datastore, cfg.coordination)
+        self.vip = vip
+        self.peers = peers
+        self.me = cfg.node.name
+        self.eligible = cfg.node.role is not RolePreference.AGENT
+        self.coordinator: str | None = None
+        self.is_coordinator = False
+        self.bootstrapped_by: str | None = None
+        self.members: list[Member] = []
+        self.assigned: dict[str, Role] = {}
+        self.counters: dict[str, float] = {"decisions": 0, "renew_seconds": 0.0}
+        self._outage_logged = False
+        self._last_try = 0.0
+
+    # ---- the loop ------------------------------------------------------------------------
+    async def run(self) -> None:
+        await self.vip.remove_stale()
+        await self._preflight()
+        interval = self.cfg.coordination.renew_interval
+        while True:
+            started = time.monotonic()
+            try:
+                await self._cycle()
+                if self._outage_logged:
+                    log.info("datastore reachable again; resuming coordination")
+                    self._outage_logged = False
+            except DatastoreError as err:
+                if not self._outage_logged:
+                    log.warning(
+                        "datastore unavailable (%s): keeping role %s and k3s running, "
+                        "no role changes until it is back",
+                        err,
+                        self.wanted.role.value,
+                    )
+                    self._outage_logged = True
+                self.is_coordinator = False
+            await self.vip.ensure(
+                run=self.wanted.role is Role.SERVER, healthy=self.supervisor.status.ready
+            )
+            elapsed = time.monotonic() - started
+            await asyncio.sleep(max(0.05, interval - elapsed))
+
+    async def _preflight(self) -> None:
+        delay = 1.0
+        for attempt in range(1, 1_000_000):
+            try:
+                await self.ds.preflight()
+                await self.ds.ensure_schema()
+                log.info("datastore ready: %s", self.ds.description)
+                return
+            except DatastoreError as err:
+                if attempt == 1 or attempt % 10 == 0:
+                    log.warning(
+                        "datastore not ready (%s); retrying every %.0f s (attempt %d)",
+                        err,
+                        delay,
+                        attempt,
+                    )
+                self.wanted = Wanted(Role.NONE, "", f"waiting for the datastore: {err}")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    async def _cycle(self) -> None:
+        t0 = time.monotonic()
+        child = self.supervisor.status
+        rows = await self.ds.sync(
+            MemberRecord(
+                name=self.me,
+                address=self.cfg.node.address,
+                api_port=_api_port(self.cfg.api.listen),
+                preference=self.cfg.node.role,
+                eligible=self.eligible,
+                role=self.wanted.role,
+                ready=child.ready,
+            )
+        )
+        self.counters["renew_seconds"] = time.monotonic() - t0
+        self.members = [r.member for r in rows]
+        self.assigned = {r.member.name: r.assigned for r in rows if r.assigned is not None}
+        if self.eligible:
+            await self._coordinate()
+        await self._reconcile()
+
+    async def _coordinate(self) -> None:
+        ttl = self.cfg.coordination.lease_ttl
+        now = time.monotonic()
+        # Holders renew every cycle; others only try once per half TTL (statement budget).
+        if self.is_coordinator or now - self._last_try >= ttl / 2:
+            self._last_try = now
+            was = self.is_coordinator
+            self.is_coordinator = await self.ds.try_lease(COORDINATOR, self.me, ttl)
+            if self.is_coordinator and not was:
+                log.info("acquired the coordinator lease")
+            elif was and not self.is_coordinator:
+                log.warning("lost the coordinator lease")
+        if not self.is_coordinator:
+            return
+        self.coordinator = self.me
+        d = decide(
+            ElectionInput(
+                members=self.members,
+                assigned=self.assigned,
+                count=self.cfg.servers.count,
+                dead_after=self.cfg.coordination.dead_after,
+            )
+        )
+        if d.roles != self.assigned:
+            if await self.ds.assign_roles(d.roles, self.me):
+                self.counters["decisions"] += 1
+                log.info("coordinator decision: %s", d.reason)
+                self.assigned = dict(d.roles)
+            else:
+                self.is_coordinator = False
+
+    async def _reconcile(self) -> None:
+        mine = self.assigned.get(self.me)
+        if mine is None:
+            self.apply(Wanted(Role.NONE, "", "waiting for the coordinator to assign a role"))
+            return
+        registration = self._registration()
+        if mine is Role.AGENT:
+            if not registration:
+                self.apply(Wanted(Role.NONE, "", "agent, but no server is ready to register to"))
+                return
+            self.apply(Wanted(Role.AGENT, registration, "the coordinator assigned agent"))
+            return
+        await self._reconcile_server(registration or self.cfg.node.address)
+
+    async def _reconcile_server(self, registration: str) -> None:
+        if self.bootstrapped_by is None:
+            flags = await self.ds.flags()
+            self.bootstrapped_by = flags.get(BOOTSTRAPPED)
+        if self.bootstrapped_by is not None:
+            self.apply(Wanted(Role.SERVER, registration, "the coordinator assigned server"))
+            return
+        ttl = self.cfg.coordination.lease_ttl
+        if await self.ds.try_lease(BOOTSTRAP, self.me, ttl):
+            if self.supervisor.status.ready and self.wanted.role is Role.SERVER:
+                await self.ds.set_flag(BOOTSTRAPPED, self.me)
+                await self.ds.release_lease(BOOTSTRAP, self.me)
+                self.bootstrapped_by = self.me
+                log.info("bootstrapped the cluster; other servers may start now")
+            self.apply(
+                Wanted(Role.SERVER, registration, "bootstrapping the cluster (first server)")
+            )
+            return
+        lease = await self.ds.lease(BOOTSTRAP)
+        holder = lease.holder if lease else "another server"
+        self.apply(Wanted(Role.NONE, "", f"waiting for {holder} to bootstrap the cluster first"))
+
+    def _registration(self) -> str:
+        if self.cfg.registration.address:
+            return self.cfg.registration.address
+        ready = sorted(
+            m.address
+            for m in self.members
+            if self.assigned.get(m.name) is Role.SERVER
+            and m.ready
+            and m.heartbeat_age <= self.cfg.coordination.dead_after
+        )
+        return ready[0] if ready else self.peers.registration() or ""
+
+    # ---- lifecycle and views -------------------------------------------------------------
+    async def stop(self) -> None:
+        await self.vip.stop()
+        if self.is_coordinator:
+            try:
+                await self.ds.release_lease(COORDINATOR, self.me)
+            except DatastoreError as err:
+                log.warning("could not release the coordinator lease: %s", err)
+        await self.ds.close()
+
+    def status(self) -> dict[str, Any]:
+        peers = [
+            {
+                "name": m.name,
+                "address": m.address,
+                "role": (self.assigned.get(m.name) or m.role).value,
+                "running": m.role.value,
+                "ready": m.ready,
+                "heartbeat_age": round(m.heartbeat_age, 2),
+                "alive": m.heartbeat_age <= self.cfg.coordination.dead_after,
+            }
+            for m in sorted(self.members, key=lambda m: m.name)
+        ]
+        return {
+            "vip": self.vip.status(),
+            "peers": peers,
+            "coordinator": self.me if self.is_coordinator else self.coordinator,
+            "bootstrapped_by": self.bootstrapped_by,
+            "counters": {**self.counters, "statements": self.ds.statements},
+        }
+
+
+def _api_port(listen: str) -> int:
+    _, _, port = listen.rpartition(":")
+    return int(port) if port.isdigit() else 0

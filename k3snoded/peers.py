@@ -1,0 +1,103 @@
+"""Everything this node has learned about its peers from discovery (mDNS and seeds), plus the
+signed peer API it answers itself. Discovery never decides liveness (D3): heartbeats in the
+datastore do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from k3snoded.config import Config
+from k3snoded.discovery.peer_api import PeerApi
+from k3snoded.discovery.seed import SeedDiscovery
+from k3snoded.discovery.signing import derive_key
+from k3snoded.model import Peer, Role
+from k3snoded.tokens import read_token
+
+if TYPE_CHECKING:
+    from k3snoded.discovery.mdns import MdnsDiscovery
+
+log = logging.getLogger("k3snoded.peers")
+
+REANNOUNCE_CHECK = 1.0  # seconds between checks whether our announcement must change
+
+
+class PeerBook:
+    def __init__(self, cfg: Config, *, local: Callable[[], Peer]) -> None:
+        self.cfg = cfg
+        self._local = local
+        key = derive_key(read_token(cfg.cluster.token_file), cfg.cluster.name)
+        self._key = key
+        self.api = PeerApi(key, cfg.cluster.name, self.peers, local)
+        self.seeds = (
+            SeedDiscovery(cfg.discovery.seeds, key, cfg.cluster.name, local_name=cfg.node.name)
+            if cfg.discovery.seeds
+            else None
+        )
+        self.mdns: MdnsDiscovery | None = None
+        self._announced: Peer | None = None
+
+    def install(self, app: web.Application) -> None:
+        self.api.install(app)
+
+    async def run(self) -> None:
+        if self.seeds is not None:
+            await self.seeds.start()
+        if self.cfg.discovery.mdns and self.cfg.node.address:
+            from k3snoded.discovery.mdns import MdnsDiscovery
+
+            self.mdns = MdnsDiscovery(
+                key=self._key,
+                cluster=self.cfg.cluster.name,
+                address=self.cfg.node.address,
+            )
+            self._announced = self._local()
+            await self.mdns.start(self._announced)
+        while True:
+            await asyncio.sleep(REANNOUNCE_CHECK)
+            now = self._local()
+            if self.mdns is not None and now != self._announced:
+                self._announced = now
+                await self.mdns.update(now)
+
+    async def close(self) -> None:
+        if self.mdns is not None:
+            await self.mdns.close()
+            self.mdns = None
+        if self.seeds is not None:
+            await self.seeds.close()
+
+    def peers(self) -> list[Peer]:
+        found: dict[str, Peer] = {}
+        if self.seeds is not None:
+            found.update(self.seeds.peers())
+        if self.mdns is not None:
+            found.update(self.mdns.peers())
+        found.pop(self.cfg.node.name, None)
+        return sorted(found.values(), key=lambda p: p.name)
+
+    def registration(self) -> str | None:
+        """The registration address most peers announce (servers first), if any."""
+        votes: collections.Counter[str] = collections.Counter()
+        for p in self.peers():
+            if p.registration:
+                votes[p.registration] += 2 if p.role is Role.SERVER else 1
+        return votes.most_common(1)[0][0] if votes else None
+
+    def status(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": p.name,
+                "address": p.addresses[0] if p.addresses else "",
+                "role": p.role.value,
+                "registration": p.registration,
+                "source": "discovery",
+            }
+            for p in self.peers()
+        ]

@@ -1,0 +1,120 @@
+"""Where this node's role comes from: the config alone, or the fleet.
+
+* ``StaticRoles``: no shared datastore. With no registration address the node is a single k3s
+  server on the embedded SQLite (the simplest useful cluster); with one, or with ``role: agent``,
+  it is an agent joining that address.
+* ``FleetRoles`` (``fleet.py``): a shared MySQL/PostgreSQL datastore; the coordinator decides.
+
+Either way the daemon reads ``wanted`` and the role source drives the supervisor.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from k3snoded import k3s
+from k3snoded.config import Config
+from k3snoded.model import Role, RolePreference
+from k3snoded.peers import PeerBook
+from k3snoded.supervisor import Supervisor
+from k3snoded.vip import VipKeeper
+
+log = logging.getLogger("k3snoded.roles")
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """The role this node should run now, where it registers, and the sentence saying why."""
+
+    role: Role = Role.NONE
+    registration: str = ""
+    reason: str = "starting"
+
+
+class RoleSource(abc.ABC):
+    """Decides this node's role and drives the supervisor to it (level-triggered)."""
+
+    def __init__(self, cfg: Config, supervisor: Supervisor) -> None:
+        self.cfg = cfg
+        self.supervisor = supervisor
+        self.wanted = Wanted()
+
+    @abc.abstractmethod
+    async def run(self) -> None:
+        """Run until cancelled."""
+
+    async def stop(self) -> None:  # noqa: B027 (optional hook; most sources hold nothing)
+        """Release what the role holds (VIP, leases) before k3s is stopped."""
+
+    def reconfigure(self, cfg: Config) -> None:
+        """A validated new config (SIGHUP); re-apply the role with it."""
+        self.cfg = cfg
+        self.apply(self.wanted, force=True)
+
+    def status(self) -> dict[str, Any]:
+        return {"vip": {"address": self.cfg.registration.address or None, "held": False}}
+
+    def apply(self, wanted: Wanted, *, force: bool = False) -> None:
+        """Make ``wanted`` the target; log one sentence when it changes."""
+        if wanted == self.wanted and not force:
+            return
+        if wanted.role != self.wanted.role or wanted.registration != self.wanted.registration:
+            log.info("role %s: %s", wanted.role.value, wanted.reason)
+        self.wanted = wanted
+        if wanted.role is Role.NONE:
+            self.supervisor.want(None)
+        else:
+            self.supervisor.want(k3s.child_spec(self.cfg, wanted.role, wanted.registration))
+
+
+def static_role(cfg: Config, learned: str = "") -> Wanted:
+    """The role of a node without a shared datastore (pure).
+
+    ``learned`` is a registration address from signed announcements, for agent-only machines
+    whose config omits it.
+    """
+    address = cfg.registration.address or learned
+    if cfg.node.role is RolePreference.AGENT or (address and cfg.datastore.endpoint == ""):
+        if not address:
+            return Wanted(
+                Role.NONE, "", "agent waiting to learn the registration address from peers"
+            )
+        return Wanted(Role.AGENT, address, f"agent joining https://{address}:6443")
+    return Wanted(
+        Role.SERVER,
+        address or cfg.node.address,
+        "single server on k3s's embedded datastore (no shared datastore configured)",
+    )
+
+
+class StaticRoles(RoleSource):
+    def __init__(self, cfg: Config, supervisor: Supervisor, *, peers: PeerBook) -> None:
+        super().__init__(cfg, supervisor)
+        self.peers = peers
+
+    async def run(self) -> None:
+        while True:
+            self.apply(static_role(self.cfg, self.peers.registration() or ""))
+            await asyncio.sleep(1.0)
+
+    def reconfigure(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.apply(static_role(cfg, self.peers.registration() or ""), force=True)
+
+    def status(self) -> dict[str, Any]:
+        return {**super().status(), "peers": self.peers.status()}
+
+
+def build_role_source(
+    cfg: Config, supervisor: Supervisor, *, vip: VipKeeper, peers: PeerBook
+) -> RoleSource:
+    """Pick the role source for this config."""
+    if cfg.datastore.endpoint and not cfg.datastore.is_sqlite:
+        from k3snoded.fleet import FleetRoles
+
+        return FleetRoles(cfg, supervisor, vip=vip, peers=peers)
+    return StaticRoles(cfg, supervisor, peers=peers)

@@ -1,0 +1,119 @@
+"""Keeps the registration VIP with the VRRP speaker while this node is a server (D4).
+
+Level-triggered: ``ensure(run=..., healthy=...)`` every cycle starts or stops the speaker and
+passes the local k3s API's health on; agents never run a speaker. At start-up, every node (agent
+or server) removes a stale copy of the VIP left by a killed predecessor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from ipaddress import IPv4Interface
+from typing import TYPE_CHECKING, Any
+
+from k3snoded.config import Config
+from k3snoded.errors import VrrpError
+
+if TYPE_CHECKING:
+    from k3snoded.vrrp.speaker import VrrpSpeaker
+
+log = logging.getLogger("k3snoded.vip")
+
+
+class VipKeeper:
+    def __init__(self, cfg: Config) -> None:
+        reg = cfg.registration
+        self.enabled = reg.vip.enabled and bool(reg.address)
+        self.address = reg.address
+        self.interface = reg.vip.interface or cfg.node.interface
+        self.cfg = cfg
+        self._speaker: VrrpSpeaker | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._healthy = False
+        self._failed_logged = False
+
+    def _vip(self) -> IPv4Interface:
+        return IPv4Interface(f"{self.address}/{self.cfg.registration.vip.prefix}")
+
+    async def remove_stale(self) -> None:
+        """Remove the VIP from our interface if a killed predecessor left it there."""
+        if not self.enabled:
+            return
+        from k3snoded.vrrp.netlink import Netlink
+
+        try:
+            async with Netlink() as nl:
+                info = await nl.interface(self.interface)
+                if await nl.ensure_absent(info.index, self._vip()):
+                    log.warning(
+                        "removed a stale copy of the VIP %s from %s (left by a previous run)",
+                        self.address,
+                        self.interface,
+                    )
+        except (VrrpError, OSError) as err:
+            log.error("cannot check %s for a stale VIP: %s", self.interface, err)
+
+    def health(self, healthy: bool) -> None:
+        """The local k3s API answers /ping (or not): passed to the speaker at once."""
+        self._healthy = healthy
+        if self._speaker is not None:
+            self._speaker.set_healthy(healthy)
+
+    async def ensure(self, *, run: bool, healthy: bool) -> None:
+        if not self.enabled:
+            return
+        if self._task is not None and self._task.done():
+            err = None if self._task.cancelled() else self._task.exception()
+            if not self._failed_logged:
+                log.error("the VRRP speaker stopped: %s; restarting it", err)
+                self._failed_logged = True
+            self._speaker, self._task = None, None
+        if run and self._speaker is None:
+            from k3snoded.vrrp.speaker import VrrpSpeaker
+
+            vip = self.cfg.registration.vip
+            self._speaker = VrrpSpeaker(
+                interface=self.interface,
+                vip=self.address,
+                prefix=vip.prefix,
+                vrid=vip.vrid,
+                priority=vip.priority,
+                advert_interval=vip.advert_interval,
+                preempt=vip.preempt,
+                unicast_peers=vip.unicast_peers,
+                source_address=self.cfg.node.address or None,
+            )
+            self._speaker.set_healthy(healthy)
+            self._task = asyncio.create_task(self._speaker.run(), name="vrrp")
+            log.info("server role: running the VRRP speaker for %s", self.address)
+        elif not run and self._speaker is not None:
+            log.info("no longer a server: releasing the VIP")
+            await self.stop()
+        self.health(healthy)
+
+    async def stop(self) -> None:
+        """Graceful: a master sends priority 0 and removes the address."""
+        speaker, task = self._speaker, self._task
+        self._speaker, self._task = None, None
+        if speaker is not None:
+            with contextlib.suppress(VrrpError, OSError):
+                await speaker.stop()
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, VrrpError, OSError):
+                await task
+
+    def status(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"address": self.address or None, "held": False}
+        if self._speaker is not None:
+            st = self._speaker.status
+            out.update(
+                held=st.holds_vip,
+                state=st.state.value,
+                priority=st.priority,
+                master=str(st.master) if st.master else None,
+                transitions=st.transitions,
+            )
+        return out

@@ -1,0 +1,196 @@
+"""The daemon end to end on one node, with the stand-in k3s (issue: core daemon).
+
+Each test runs a real ``k3snoded run`` in a private network namespace and observes it from the
+outside: its status socket, sd_notify messages, /proc, exit codes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.integration.harness import PYTHON, TOKEN, DaemonHarness
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[DaemonHarness]:
+    h = DaemonHarness(tmp_path)
+    try:
+        yield h
+    finally:
+        h.close()
+
+
+def _ready(s: dict[str, object]) -> bool:
+    k3s = s["k3s"]
+    assert isinstance(k3s, dict)
+    return bool(k3s["ready"])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_single_server_becomes_ready_and_tells_systemd(node: DaemonHarness) -> None:
+    node.start()
+    s = node.wait_for(_ready, what="k3s ready")
+    assert s["node"]["role"] == "server"
+    assert s["k3s"]["pid"] and _alive(s["k3s"]["pid"])
+    assert "embedded" in s["decision"]
+    # Readiness came through the stand-in's READY=1 on the private socket: k3snoded's own
+    # READY=1 follows, with a STATUS= line.
+    deadline = time.monotonic() + 5
+    while "READY=1" not in node.notify.drain() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    msgs = node.notify.messages
+    assert "READY=1" in msgs
+    assert any(m.startswith("STATUS=server, k3s ready") for m in msgs)
+    assert (node.data_dir / "server" / "token").exists()
+
+
+def test_token_is_on_no_command_line_and_in_no_log(node: DaemonHarness) -> None:
+    node.start()
+    node.wait_for(_ready, what="k3s ready")
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        assert TOKEN.encode() not in cmdline, f"token on the command line of pid {pid}"
+    assert TOKEN not in node.log()
+    copy = node.state_dir / "token"
+    assert copy.read_text().strip() == TOKEN
+    assert copy.stat().st_mode & 0o777 == 0o600
+
+
+def test_clean_stop_stops_k3s_and_says_stopping(node: DaemonHarness) -> None:
+    node.start()
+    s = node.wait_for(_ready, what="k3s ready")
+    k3s_pid = s["k3s"]["pid"]
+    node.signal(signal.SIGTERM)
+    assert node.wait(timeout=60) == 0
+    assert not _alive(k3s_pid)
+    assert "STOPPING=1" in node.notify.drain()
+    assert not node.socket_path.exists()
+    assert not (node.run_dir / "k3s.pid").exists()
+
+
+def test_restart_with_backoff_after_crashes(tmp_path: Path) -> None:
+    h = DaemonHarness(tmp_path, fake_env={"K3S_FAKE_CRASH_AFTER": "0.3"})
+    try:
+        h.start()
+        s = h.wait_for(lambda s: s["k3s"]["restarts"] >= 2, timeout=40, what="two restarts")
+        assert s["k3s"]["last_exit"] not in (None, 0)
+        s = h.wait_for(lambda s: s["k3s"]["crash_loop"], timeout=40, what="crash loop flagged")
+        assert "restarting in" in h.log()
+    finally:
+        h.close()
+
+
+def test_adopts_k3s_after_daemon_sigkill(node: DaemonHarness) -> None:
+    node.start()
+    s = node.wait_for(_ready, what="k3s ready")
+    k3s_pid = s["k3s"]["pid"]
+    node.signal(signal.SIGKILL)
+    node.wait(timeout=10)
+    assert _alive(k3s_pid), "k3s must survive the daemon (its own process group)"
+    node.start()
+    s = node.wait_for(lambda s: s["k3s"]["ready"] and s["k3s"]["adopted"], what="adoption")
+    assert s["k3s"]["pid"] == k3s_pid
+    # exactly one k3s: the daemon (python) and the adopted child, nothing started twice
+    k3s_like = [p for p in node.netns_pids() if p != node.proc.pid and _alive(p)]  # type: ignore[union-attr]
+    assert k3s_pid in k3s_like
+    assert len([p for p in k3s_like if _is_fake_k3s(p)]) == 1
+
+
+def _is_fake_k3s(pid: int) -> bool:
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"k3s" in cmd and b"k3snoded" not in cmd
+
+
+def test_sighup_with_a_bad_config_keeps_the_running_one(node: DaemonHarness) -> None:
+    node.start()
+    s = node.wait_for(_ready, what="k3s ready")
+    good = yaml.safe_load(node.config_path.read_text())
+    node.config_path.write_text(yaml.safe_dump({**good, "servers": {"count": 0}}))
+    node.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while "keeping the running one" not in node.log() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "keeping the running one" in node.log()
+    assert "servers.count" in node.log()
+    after = node.status()
+    assert after["k3s"]["pid"] == s["k3s"]["pid"] and after["k3s"]["ready"]
+    assert node.proc is not None and node.proc.poll() is None
+
+
+def test_watchdog_is_fed(node: DaemonHarness) -> None:
+    node.start(extra_env={"WATCHDOG_USEC": "1000000"})
+    node.wait_for(_ready, what="k3s ready")
+    time.sleep(1.5)
+    assert node.notify.drain().count("WATCHDOG=1") >= 2
+
+
+def test_agent_joins_the_registration_address(tmp_path: Path) -> None:
+    h = DaemonHarness(
+        tmp_path,
+        config={"node": {"role": "agent"}, "registration": {"address": "127.0.0.1"}},
+    )
+    try:
+        h.start()
+        s = h.wait_for(lambda s: s["k3s"]["pid"] is not None, what="agent started")
+        assert s["node"]["role"] == "agent"
+        assert s["registration"] == "127.0.0.1"
+        # The agent keeps retrying to validate the cluster CA (there is no server): not ready.
+        assert not s["k3s"]["ready"]
+    finally:
+        h.close()
+
+
+@pytest.mark.parametrize(
+    ("patch", "key"),
+    [
+        ({"servers": {"count": 0}}, "servers.count"),
+        ({"registration": {"vip": {"vrid": 300}}}, "registration.vip.vrid"),
+        ({"nodee": {}}, "nodee"),
+    ],
+)
+def test_bad_config_exits_78_naming_file_and_key(
+    tmp_path: Path, patch: dict[str, object], key: str
+) -> None:
+    token = tmp_path / "token"
+    token.write_text(TOKEN)
+    token.chmod(0o600)
+    cfg = {"cluster": {"name": "t", "token_file": str(token)}, "servers": {"count": 1}}
+    cfg.update(patch)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    for cmd in ("check-config", "run"):
+        r = subprocess.run(
+            [str(PYTHON), "-m", "k3snoded", cmd, "--config", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert r.returncode == 78, r.stderr
+        assert str(path) in r.stderr and key in r.stderr
+        assert "Traceback" not in r.stderr
