@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import signal
 import sys
@@ -81,16 +82,32 @@ async def announce(args: argparse.Namespace) -> None:
         await seeds.start()
     known = set(mdns.peers())
     watcher = asyncio.create_task(_report_goodbyes(mdns, known))
+    updater = asyncio.create_task(_update_later(mdns, local, args))
     try:
         await _wait_for_stop(args.duration)
     finally:
         watcher.cancel()
+        updater.cancel()
+        await asyncio.gather(watcher, updater, return_exceptions=True)
         if seeds is not None:
             for peer in seeds.peers().values():
                 emit("peer", source="seed", **_peer_json(peer))
             await seeds.close()
         await mdns.close()
         emit("closed", name=args.name)
+
+
+async def _update_later(mdns: MdnsDiscovery, local: Peer, args: argparse.Namespace) -> None:
+    if args.update_after is None:
+        return
+    await asyncio.sleep(args.update_after)
+    changed = dataclasses.replace(
+        local,
+        role=Role(args.update_role or local.role.value),
+        registration=args.update_registration or local.registration,
+    )
+    await mdns.update(changed)
+    emit("updated", **_peer_json(changed))
 
 
 async def _report_goodbyes(mdns: MdnsDiscovery, known: set[str]) -> None:
@@ -153,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--duration", type=float, default=60.0, help="seconds before goodbye")
     a.add_argument("--resign-interval", type=float, default=60.0)
     a.add_argument("--max-age", type=float, default=300.0)
+    a.add_argument("--update-after", type=float, help="seconds, then re-announce with:")
+    a.add_argument("--update-role", choices=[r.value for r in Role])
+    a.add_argument("--update-registration", default="")
     r = sub.add_parser("raw", help="plain zeroconf: register a verbatim TXT record and browse")
     r.add_argument("--instance", required=True, help="instance label, without the service type")
     r.add_argument("--address", required=True)
