@@ -36,7 +36,8 @@ class Sources:
         while key:
             if key in self.origin:
                 return self.origin[key]
-            key = key.rpartition(".")[0]
+            bracket = key.rfind("[") if key.endswith("]") else -1
+            key = key[:bracket] if bracket > 0 else key.rpartition(".")[0]
         return fallback
 
 
@@ -108,6 +109,19 @@ def parse_yaml(raw: bytes, name: str) -> tuple[Any, list[ConfigProblem]]:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         return None, [ConfigProblem(name, "", f"is not UTF-8 text (byte {exc.start})")]
+    try:
+        return _construct(text, name)
+    except yaml.MarkedYAMLError as exc:
+        return None, [ConfigProblem(name, "", f"is not valid YAML: {_yaml_reason(exc)}")]
+    except yaml.YAMLError as exc:  # e.g. ReaderError: control characters
+        return None, [ConfigProblem(name, "", f"is not valid YAML: {exc}")]
+    except RecursionError:
+        return None, [ConfigProblem(name, "", "is not valid YAML: nested too deeply")]
+    except Exception as exc:  # the parser boundary: untrusted text must never give a traceback
+        return None, [ConfigProblem(name, "", f"is not valid YAML: {exc}")]
+
+
+def _construct(text: str, name: str) -> tuple[Any, list[ConfigProblem]]:
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
@@ -118,12 +132,6 @@ def parse_yaml(raw: bytes, name: str) -> tuple[Any, list[ConfigProblem]]:
         if duplicates:
             return None, duplicates
         return loader.construct_document(node), []
-    except yaml.MarkedYAMLError as exc:
-        return None, [ConfigProblem(name, "", f"is not valid YAML: {_yaml_reason(exc)}")]
-    except RecursionError:
-        return None, [ConfigProblem(name, "", "is not valid YAML: nested too deeply")]
-    except Exception as exc:  # the parser boundary: untrusted text must never give a traceback
-        return None, [ConfigProblem(name, "", f"is not valid YAML: {exc}")]
     finally:
         loader.dispose()
 
