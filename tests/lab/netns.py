@@ -71,6 +71,7 @@ class Machine:
     """One lab machine: a network namespace with ``lo`` and ``eth0`` on the lab bridge."""
 
     interface: str = "eth0"
+    stop_grace: float = 3.0  # seconds between SIGTERM and SIGKILL in stop_all/restart
 
     def __init__(self, lab: Lab, name: str, host: int, mac_index: int) -> None:
         self.lab = lab
@@ -147,9 +148,9 @@ class Machine:
         """SIGCONT a frozen process."""
         self.kill(proc, signal.SIGCONT)
 
-    def stop_all(self, grace: float = 3.0) -> None:
+    def stop_all(self, grace: float | None = None) -> None:
         """End every process in the machine by PID: TERM, wait up to grace, then KILL."""
-        procs.end(self.procs, [self.netns], grace=grace)
+        procs.end(self.procs, [self.netns], grace=self.stop_grace if grace is None else grace)
         self.procs = [p for p in self.procs if p.poll() is None]
 
     # ---- addresses ---------------------------------------------------------------------------
@@ -196,6 +197,8 @@ class Machine:
 
 class Lab:
     """N machines on one bridge. Use as a context manager, or call up()/down()."""
+
+    stop_grace: float = 3.0  # seconds between SIGTERM and SIGKILL at teardown
 
     def __init__(
         self,
@@ -333,8 +336,11 @@ class Lab:
         log.info("lab %s up: %d machines", self.prefix, len(self.all_machines))
         return self
 
-    def down(self, grace: float = 3.0) -> None:
-        """End the lab's processes by PID, delete its namespaces and files. Idempotent."""
+    def down(self, grace: float | None = None) -> None:
+        """End the lab's processes by PID, delete its namespaces and files. Idempotent.
+
+        Processes get SIGTERM, then SIGKILL after grace seconds (default: stop_grace).
+        """
         if not self._is_up or self._closing:
             return
         self._closing = True
@@ -348,7 +354,7 @@ class Lab:
             existing = set(list_namespaces())
             mine = [ns for ns in self.namespaces if ns in existing]
             tracked = [p for m in self.all_machines for p in m.procs]
-            procs.end(tracked, mine, grace=grace)
+            procs.end(tracked, mine, grace=self.stop_grace if grace is None else grace)
             if mine:
                 ip("-force", "-b", "-", stdin="".join(f"netns del {ns}\n" for ns in mine))
             left = set(mine) & set(list_namespaces())

@@ -318,6 +318,7 @@ def test_teardown_leaves_nothing_behind() -> None:
     before = root_snapshot()
     with pytest.raises(RuntimeError, match="boom"), Lab(3, with_client=True, with_db=True) as lab:
         names = lab.namespaces
+        lab.stop_grace = 0.3  # the stubborn process below needs SIGKILL
         stubborn = lab.machines[0].spawn(
             [
                 PY,
