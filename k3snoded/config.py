@@ -16,7 +16,7 @@ from k3snoded._config_check import check
 from k3snoded._config_host import HostFacts, Interface, detect_host
 from k3snoded._config_rules import hide_password
 from k3snoded._config_yaml import DROPIN_DIR, Sources, read_sources
-from k3snoded.errors import ConfigError
+from k3snoded.errors import ConfigError, ConfigProblem
 from k3snoded.model import RolePreference
 
 __all__ = [
@@ -170,7 +170,8 @@ def load_config(path: Path = DEFAULT_CONFIG, *, host: HostFacts | None = None) -
 
     Two defaults depend on other keys: ``servers.count`` is 1 when it is not set and the
     datastore is SQLite (the embedded single server), and ``registration.vip.enabled`` is
-    false when ``registration.address`` is empty (no address, no VIP).
+    false when ``registration.address`` is empty (no address, no VIP). A bare ``sqlite``
+    endpoint is returned as ``""`` (k3s's SQLite default; kine itself rejects ``sqlite``).
     """
     path = Path(path)
     sources = read_sources(path)
@@ -184,7 +185,9 @@ def load_config(path: Path = DEFAULT_CONFIG, *, host: HostFacts | None = None) -
             if not _under_any(problem.key, reported):
                 problems.append(problem)
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(_in_reading_order(problems, sources))
+    if cfg.datastore.endpoint == "sqlite":  # kine needs "://"; empty is its SQLite default
+        cfg = replace(cfg, datastore=replace(cfg.datastore, endpoint=""))
     return replace(cfg, source=path)
 
 
@@ -205,6 +208,18 @@ def _fill_defaults(cfg: Config, sources: Sources, host: HostFacts | None) -> Con
     if not _is_set(sources, "servers.count") and cfg.datastore.is_sqlite:
         servers = replace(servers, count=1)
     return replace(cfg, node=node, servers=servers, registration=replace(reg, vip=vip))
+
+
+def _in_reading_order(problems: list[ConfigProblem], sources: Sources) -> list[ConfigProblem]:
+    """Problems grouped by file (main file first) and, within a file, by section."""
+    files = {str(f): i for i, f in enumerate(sources.files)}
+    sections = {name: i for i, name in enumerate(Config.__dataclass_fields__)}
+
+    def order(p: ConfigProblem) -> tuple[int, int]:
+        section = p.key.split(".", 1)[0].split("[", 1)[0]
+        return files.get(p.file, -1), sections.get(section, -1 if not p.key else len(sections))
+
+    return sorted(problems, key=order)
 
 
 def _is_set(sources: Sources, key: str) -> bool:

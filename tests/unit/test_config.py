@@ -100,6 +100,13 @@ def test_embedded_default_single_server(tmp_path: Path) -> None:
     assert cfg.node.role is RolePreference.AUTO
 
 
+def test_bare_sqlite_endpoint_becomes_the_embedded_default(tmp_path: Path) -> None:
+    d = ConfigDir(tmp_path)
+    d.write({"cluster": {"token_file": str(d.token)}, "datastore": {"endpoint": "sqlite"}})
+    cfg = d.load()
+    assert cfg.datastore.endpoint == "" and cfg.datastore.is_sqlite and cfg.servers.count == 1
+
+
 def test_external_load_balancer_by_name(tmp_path: Path) -> None:
     d = ConfigDir(tmp_path)
     overlay = {"registration": {"address": "k8s.example.com", "vip": {"enabled": False}}}
