@@ -1,0 +1,142 @@
+"""One fixture, ``target``, parametrized over SQLite, MariaDB and PostgreSQL.
+
+Each test gets a fresh database of its own (created through the server as the k3s user and
+dropped afterwards), and ``target.open()`` builds datastores on it that are closed at teardown.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import pymysql
+import pytest
+
+from k3snoded.config import CoordinationConfig, DatastoreConfig
+from k3snoded.datastore import Datastore, open_datastore
+from k3snoded.datastore.endpoint import Endpoint, parse_endpoint
+
+
+def fresh_name() -> str:
+    return f"k3sn_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class Target:
+    backend: str  # "sqlite" | "mysql" | "postgres"
+    base: Endpoint  # server and credentials (from the shared fixture)
+    database: str  # this test's database (SQLite: the file)
+    created: list[str] = field(default_factory=list)
+    stores: list[Datastore] = field(default_factory=list)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.backend == "sqlite"
+
+    def endpoint(
+        self,
+        *,
+        database: str | None = None,
+        password: str | None = None,
+        host: str | None = None,
+        port: int | None = None,
+    ) -> str:
+        """A k3s-style endpoint for this test's database (or another one)."""
+        ep = self.base
+        db = database or self.database
+        pw = ep.password if password is None else password
+        addr = f"{host or ep.host}:{port or ep.port}"
+        if self.backend == "mysql":
+            return f"mysql://{ep.user}:{pw}@tcp({addr})/{db}"
+        if self.backend == "postgres":
+            return f"postgres://{ep.user}:{pw}@{addr}/{db}?sslmode=disable"
+        return ""
+
+    def open(self, endpoint: str | None = None, *, retry_timeout: float = 2.0) -> Datastore:
+        coord = CoordinationConfig(retry_timeout=retry_timeout)
+        if self.is_sqlite:
+            ds = open_datastore(DatastoreConfig(), coord, sqlite_path=Path(self.database))
+        else:
+            text = self.endpoint() if endpoint is None else endpoint
+            ds = open_datastore(DatastoreConfig(endpoint=text), coord)
+        self.stores.append(ds)
+        return ds
+
+    def _connect(self, database: str) -> Any:
+        ep = self.base
+        if self.backend == "mysql":
+            return pymysql.connect(
+                host=ep.host,
+                port=ep.port,
+                user=ep.user,
+                password=ep.password,
+                database=database or None,
+                autocommit=True,
+            )
+        if self.backend == "postgres":
+            conn = psycopg2.connect(
+                host=ep.host, port=ep.port, user=ep.user, password=ep.password, dbname=database
+            )
+            conn.autocommit = True
+            return conn
+        return sqlite3.connect(database or self.database, isolation_level=None)
+
+    def query(self, sql: str, database: str | None = None) -> Sequence[Sequence[Any]]:
+        """Run raw SQL on the test's database, outside k3snoded (to check or to tamper)."""
+        conn = self._connect(database or self.database)
+        try:
+            cur = conn.cursor()
+            cur.execute(sql)
+            rows = cur.fetchall() if cur.description else []
+            cur.close()
+            return list(rows)
+        finally:
+            conn.close()
+
+    def database_exists(self, name: str) -> bool:
+        if self.backend == "mysql":
+            sql = f"SELECT 1 FROM information_schema.SCHEMATA WHERE schema_name = '{name}'"
+            return bool(self.query(sql, database=self.base.database))
+        if self.backend == "postgres":
+            sql = f"SELECT 1 FROM pg_database WHERE datname = '{name}'"
+            return bool(self.query(sql, database=self.base.database))
+        return Path(name).exists()
+
+    def create(self, name: str) -> None:
+        self.created.append(name)
+        if self.backend == "mysql":
+            self.query(f"CREATE DATABASE `{name}`", database=self.base.database)
+        elif self.backend == "postgres":
+            self.query(f'CREATE DATABASE "{name}"', database=self.base.database)
+
+    def drop_all(self) -> None:
+        for name in self.created:
+            if self.backend == "mysql":
+                self.query(f"DROP DATABASE IF EXISTS `{name}`", database=self.base.database)
+            elif self.backend == "postgres":
+                self.query(
+                    f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', database=self.base.database
+                )
+
+
+@pytest.fixture(params=["sqlite", "mysql", "postgres"])
+async def target(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Target]:
+    backend: str = request.param
+    if backend == "sqlite":
+        t = Target("sqlite", parse_endpoint(""), str(tmp_path / "k3snoded.db"))
+    else:
+        dsn: str = request.getfixturevalue(f"{backend}_dsn")
+        t = Target(backend, parse_endpoint(dsn), fresh_name())
+        t.create(t.database)
+    try:
+        yield t
+    finally:
+        for ds in t.stores:
+            await ds.close()
+        t.drop_all()

@@ -1,0 +1,78 @@
+"""A tiny TCP proxy on loopback that a test can cut or freeze, to fake a datastore outage
+without touching the shared database servers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+
+class Proxy:
+    """Forwards 127.0.0.1:<port> to ``target``.
+
+    ``cut()``: drop every connection (RST) and refuse new ones; ``freeze()``: keep connections
+    open but forward nothing (a hung server); ``restore()``: back to normal, same port.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> Proxy:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.wait_for(asyncio.open_connection(*self.target), 5)
+        except (OSError, TimeoutError):
+            writer.transport.abort()
+            return
+        self._writers |= {writer, up_writer}
+        for src, dst in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.create_task(self._pump(src, dst))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        try:
+            while data := await src.read(65536):
+                await self._flowing.wait()
+                dst.write(data)
+                await dst.drain()
+        except (OSError, RuntimeError):
+            pass
+        finally:
+            self._writers.discard(dst)
+            dst.transport.abort()
+
+    def freeze(self) -> None:
+        self._flowing.clear()
+
+    async def cut(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+        await asyncio.sleep(0.05)
+
+    async def restore(self) -> None:
+        self._flowing.set()
+        if self._server is None:
+            await self.start()
+
+    async def close(self) -> None:
+        self._flowing.set()
+        await self.cut()
+        for task in list(self._tasks):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
