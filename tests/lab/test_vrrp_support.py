@@ -164,6 +164,11 @@ class Sampler:
             longest = max(longest, samples[-1][0] - start)
         return longest
 
+    def first_held(self, name: str, since: float) -> float | None:
+        """The time of the first sample at or after since in which name held the VIP."""
+        with self._lock:
+            return next((t for t, held in self.samples if t >= since and name in held), None)
+
     def ever_held_by(self, name: str) -> bool:
         with self._lock:
             return any(name in held for _, held in self.samples)
