@@ -122,6 +122,13 @@ def _node(c: Checker, cfg: Config) -> None:
     elif not node.address and _multi_machine(cfg):
         where = f"interface '{node.interface}'" if node.interface else "any network interface"
         c.add("node.address", f"no IPv4 address was detected on {where}; set node.address")
+    for key, value in (
+        ("node.interface", node.interface),
+        ("registration.vip.interface", cfg.registration.vip.interface),
+    ):
+        reason = rules.check_interface(value) if value else None
+        if reason:
+            c.add(key, reason)
     c.each("node.labels", node.labels, rules.check_label)
     c.each("node.taints", node.taints, rules.check_taint)
     if node.role is RolePreference.AGENT and not cfg.registration.address:

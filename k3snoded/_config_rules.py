@@ -82,6 +82,13 @@ def check_host(text: str) -> str | None:
     return f"'{text}' is neither an IP address nor a valid DNS name"
 
 
+def check_interface(name: str) -> str | None:
+    """A Linux interface name: 1-15 bytes, no whitespace or '/'."""
+    if len(name.encode()) > 15 or any(ch.isspace() or ch == "/" for ch in name):
+        return f"'{name}' is not a network interface name (at most 15 characters, no '/' or spaces)"
+    return None
+
+
 def check_node_name(name: str) -> str | None:
     if len(name) > 253 or not _RFC1123_SUBDOMAIN.match(name):
         return (

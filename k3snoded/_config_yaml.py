@@ -20,6 +20,7 @@ from k3snoded.errors import ConfigProblem
 DROPIN_DIR = "config.d"
 DROPIN_SUFFIXES = (".yaml", ".yml")
 MAX_FILE_BYTES = 1 << 20  # a config larger than 1 MiB is a mistake, not a config
+MAX_VALUES = 100_000  # after alias expansion
 
 
 @dataclass
@@ -127,6 +128,9 @@ def _construct(text: str, name: str) -> tuple[Any, list[ConfigProblem]]:
         node = loader.get_single_node()
         if node is None:
             return None, []
+        if _expanded_size(node, {}) > MAX_VALUES:
+            reason = f"expands to more than {MAX_VALUES} values (nested YAML aliases)"
+            return None, [ConfigProblem(name, "", reason)]
         duplicates: list[ConfigProblem] = []
         _find_duplicates(node, "", name, duplicates, set())
         if duplicates:
@@ -142,6 +146,21 @@ def _yaml_reason(exc: yaml.MarkedYAMLError) -> str:
     if mark is not None:
         return f"{what} (line {mark.line + 1}, column {mark.column + 1})"
     return what
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
+    """How many values ``node`` becomes once aliases are expanded (guards "billion laughs")."""
+    if id(node) in memo:
+        return memo[id(node)]
+    memo[id(node)] = MAX_VALUES + 1  # a cycle counts as too large
+    size = 1
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            size += _expanded_size(key_node, memo) + _expanded_size(value_node, memo)
+    elif isinstance(node, yaml.SequenceNode):
+        size += sum(_expanded_size(item, memo) for item in node.value)
+    memo[id(node)] = min(size, MAX_VALUES + 1)
+    return memo[id(node)]
 
 
 def _find_duplicates(

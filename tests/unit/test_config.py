@@ -200,6 +200,15 @@ def test_unparseable_main_file(tmp_path: Path, content: bytes, reason: str) -> N
     assert reason in problems[0].reason
 
 
+def test_alias_bomb_is_refused(tmp_path: Path) -> None:
+    d = ConfigDir(tmp_path)
+    lines = ["a0: &a0 {x: 1, y: 2}"]
+    lines += [f"a{i}: &a{i} {{p: *a{i - 1}, q: *a{i - 1}}}" for i in range(1, 40)]
+    d.write("\n".join(lines) + "\n")
+    [problem] = d.problems()
+    assert problem.key == "" and "nested YAML aliases" in problem.reason
+
+
 def test_empty_main_file_means_defaults(tmp_path: Path) -> None:
     d = ConfigDir(tmp_path)
     d.write("# nothing yet\n")

@@ -232,6 +232,18 @@ CASES: list[tuple[str, dict[str, Any], str, str]] = [
     ("listen port 0", {"api": {"listen": "0.0.0.0:0"}}, "api.listen", "1 to 65535"),
     ("listen port big", {"api": {"listen": ":65536"}}, "api.listen", "1 to 65535"),
     ("listen bad v6", {"api": {"listen": "[10.0.0.1]:80"}}, "api.listen", "IPv6"),
+    (
+        "interface name",
+        {"node": {"interface": "a-very-long-interface-name"}},
+        "node.interface",
+        "network interface name",
+    ),
+    (
+        "vip interface name",
+        {"registration": {"vip": {"interface": "eth 0"}}},
+        "registration.vip.interface",
+        "network interface name",
+    ),
     ("node name", {"node": {"name": "Node_1"}}, "node.name", "valid Kubernetes node name"),
     ("node address", {"node": {"address": "nope"}}, "node.address", "not an IP address"),
     ("role", {"node": {"role": "master"}}, "node.role", "one of auto, server, agent"),
