@@ -9,6 +9,8 @@
 - loss/clear_loss: nftables ``meta random`` drop in the machine's namespace, on eth0 only.
 - delay/clear_delay: ``tc netem``; raises NotImplementedError where the kernel has no sch_netem
   (this CI kernel: lab-findings §7b). nftables cannot delay packets.
+- throttle/clear_throttle: eth0 egress limited to a rate (tc tbf, which this kernel has); queueing
+  adds latency under load, but an idle link stays fast: it is not a fixed delay.
 - restart: every process in the machine ended by PID, eth0 reset to its base address, loss/delay
   cleared, neighbour cache flushed; the switch side (partition, split) is left as it was.
 """
@@ -130,14 +132,45 @@ def delay(m: Machine, ms: int) -> None:
     if res.returncode != 0:
         if "unknown" in res.stderr.lower() or "no such file" in res.stderr.lower():
             raise NotImplementedError(
-                "packet delay needs tc netem, and this kernel has no sch_netem module "
-                f"(tc said: {res.stderr.strip()}); nftables can drop but not delay packets"
+                "packet delay needs tc netem, and this kernel has none (CONFIG_NET_SCH_NETEM, "
+                "CONFIG_NFT_QUEUE and CONFIG_NET_SCH_FQ are all off, so neither netem, a "
+                f"userspace queue nor EDT pacing can delay packets; tc said: {res.stderr.strip()})."
+                " nftables can drop packets (loss) and tc tbf can limit the rate (throttle)"
             )
         raise RuntimeError(f"tc netem in {m.netns} failed: {res.stderr.strip()}")
 
 
 def clear_delay(m: Machine) -> None:
     m.run(["tc", "qdisc", "del", "dev", m.interface, "root"], check=False, timeout=10)
+
+
+def throttle(m: Machine, kbit: int, *, latency_ms: int = 1000) -> None:
+    """Limit eth0 egress to kbit/s (tc tbf); packets queue up to latency_ms, then drop."""
+    res = m.run(
+        [
+            "tc",
+            "qdisc",
+            "replace",
+            "dev",
+            m.interface,
+            "root",
+            "tbf",
+            "rate",
+            f"{int(kbit)}kbit",
+            "burst",
+            "1600",
+            "latency",
+            f"{int(latency_ms)}ms",
+        ],
+        check=False,
+        timeout=10,
+    )
+    if res.returncode != 0:
+        raise RuntimeError(f"tc tbf in {m.netns} failed: {res.stderr.strip()}")
+
+
+def clear_throttle(m: Machine) -> None:
+    clear_delay(m)
 
 
 def restart(m: Machine, *, downtime: float = 0.0) -> None:

@@ -190,6 +190,13 @@ class Machine:
     def clear_delay(self) -> None:
         faults.clear_delay(self)
 
+    def throttle(self, kbit: int) -> None:
+        """Limit eth0 egress to kbit/s (tc tbf). Not a delay: an idle link stays fast."""
+        faults.throttle(self, kbit)
+
+    def clear_throttle(self) -> None:
+        faults.clear_throttle(self)
+
     def restart(self, *, downtime: float = 0.0) -> None:
         """Machine restart: stop_all, then reset eth0 to its base state (see faults.restart)."""
         faults.restart(self, downtime=downtime)

@@ -240,6 +240,40 @@ def test_delay_applies_or_says_why(lab_factory: LabFactory) -> None:
     n1.clear_delay()
 
 
+TCP_SINK = r"""
+import socket, sys
+s = socket.socket(); s.bind(("0.0.0.0", 7002)); s.listen(1); s.settimeout(10)
+print("ready", flush=True)
+c, _ = s.accept(); c.settimeout(10); n = 0
+while (b := c.recv(65536)):
+    n += len(b)
+c.close()
+print(n, flush=True)
+"""
+
+TCP_PUSH = r"""
+import socket, sys, time
+t = time.monotonic()
+with socket.create_connection((sys.argv[1], 7002), timeout=10) as c:
+    c.settimeout(10); c.sendall(b"x" * int(sys.argv[2])); c.shutdown(socket.SHUT_WR)
+    c.recv(1)  # returns at EOF: the sink has read everything
+print(time.monotonic() - t)
+"""
+
+
+def test_throttle_then_clear(lab_factory: LabFactory) -> None:
+    n1, n2 = lab_factory(2).machines
+    n2.throttle(800)  # 100 kB/s
+    sink = n1.spawn([PY, "-c", TCP_SINK], stdout=subprocess.PIPE)
+    assert wait_line(sink) == "ready"
+    took = float(n2.run([PY, "-c", TCP_PUSH, n1.address, "50000"]).stdout)
+    assert int(wait_line(sink, 10)) == 50000
+    assert took >= 0.3, took  # 50 kB at 100 kB/s cannot take less (a lower bound: load only adds)
+    assert "tbf" in n2.run(["tc", "qdisc", "show", "dev", "eth0"]).stdout
+    n2.clear_throttle()
+    assert "tbf" not in n2.run(["tc", "qdisc", "show", "dev", "eth0"]).stdout
+
+
 def test_freeze_thaw_and_kill(lab_factory: LabFactory) -> None:
     (n1,) = lab_factory(1).machines
     proc = n1.spawn(["sleep", "60"])
