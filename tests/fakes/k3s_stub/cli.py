@@ -1,0 +1,107 @@
+"""``k3s`` command line: subcommand dispatch, config files, flag errors, the run loop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+
+from tests.fakes.k3s_stub import COMMIT, GO_VERSION, VERSION, configfile, flags, knobs, logs
+from tests.fakes.k3s_stub.process import Shutdown, set_title, take_notify_socket
+
+APP_HELP = """NAME:
+   k3s - Kubernetes, but small and simple
+
+USAGE:
+   k3s [global options] command [command options] [arguments...]
+
+VERSION:
+   {version} ({commit})
+
+COMMANDS:
+   server   Run management server
+   agent    Run node agent
+
+GLOBAL OPTIONS:
+   --debug                     (logging) Turn on debug logs [$K3S_DEBUG]
+   --help, -h                  show help
+   --version, -v               print the version
+"""
+
+
+def _version() -> int:
+    sys.stdout.write(f"k3s version {VERSION} ({COMMIT})\ngo version {GO_VERSION}\n")
+    return 0
+
+
+def _parse(command: str, argv: Sequence[str]) -> flags.Args:
+    table = flags.SERVER_FLAGS if command == "server" else flags.AGENT_FLAGS
+    env = flags.environment()
+    try:
+        extra = configfile.config_args(argv, table, env)
+    except configfile.ConfigError as exc:
+        logs.fatal(str(exc))
+    try:
+        return flags.parse([*extra, *argv], table, env)
+    except flags.HelpRequested:
+        sys.stdout.write(flags.usage(command, table))
+        sys.stdout.flush()
+        os._exit(0)
+    except flags.UsageError as exc:
+        sys.stdout.write(f"Incorrect Usage: {exc}\n\n{flags.usage(command, table)}")
+        sys.stdout.flush()
+        logs.fatal(str(exc))
+
+
+async def _crash_later(delay: float) -> None:
+    await asyncio.sleep(delay)
+    logs.fatal(f"simulated crash after {delay:g}s (K3S_FAKE_CRASH_AFTER)")
+
+
+async def _run(command: str, args: flags.Args) -> None:
+    shutdown = Shutdown()
+    shutdown.install(asyncio.get_running_loop())
+    crash = knobs.crash_after()
+    crasher = asyncio.create_task(_crash_later(crash)) if crash > 0 else None
+    if command == "server":
+        from tests.fakes.k3s_stub.server import Server, validate
+
+        validate(args)
+        await Server(args, shutdown).run()
+    else:
+        from tests.fakes.k3s_stub.agent import Agent, validate_agent
+
+        validate_agent(args)
+        await Agent(args, shutdown).run()
+    if crasher is not None:
+        crasher.cancel()
+    if shutdown.event.is_set():
+        # A slow shutdown, so a second signal can land (K3S_FAKE_SHUTDOWN_DELAY).
+        await asyncio.sleep(knobs.shutdown_delay())
+
+
+def main(argv: Sequence[str]) -> int:
+    if not argv or argv[0] in ("--help", "-h", "help"):
+        sys.stdout.write(APP_HELP.format(version=VERSION, commit=COMMIT))
+        return 0
+    if argv[0] in ("--version", "-v"):
+        return _version()
+    command, rest = argv[0], list(argv[1:])
+    if command.startswith("-"):
+        name = command.lstrip("-").split("=")[0]
+        sys.stdout.write(f"Incorrect Usage: flag provided but not defined: -{name}\n")
+        logs.fatal(f"flag provided but not defined: -{name}")
+    if command not in ("server", "agent"):
+        sys.stdout.write(f"No help topic for '{command}'\n")
+        return 3
+    knobs.load(rest)
+    args = _parse(command, rest)
+    logs.set_debug(args.get_bool("debug"))
+    take_notify_socket()
+    set_title(command)
+    asyncio.run(_run(command, args))
+    # Stuck driver threads must not delay the exit: leave at once, like a Go main returning.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
