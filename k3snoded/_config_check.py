@@ -131,11 +131,13 @@ def _node(c: Checker, cfg: Config) -> None:
             c.add(key, reason)
     c.each("node.labels", node.labels, rules.check_label)
     c.each("node.taints", node.taints, rules.check_taint)
-    if node.role is RolePreference.AGENT and not cfg.registration.address:
+    discovery = cfg.discovery.mdns or bool(cfg.discovery.seeds)
+    if node.role is RolePreference.AGENT and not cfg.registration.address and not discovery:
         c.add(
             "node.role",
-            "an agent joins https://<registration.address>:6443, but "
-            "registration.address is not set",
+            "an agent joins https://<registration.address>:6443, but registration.address is "
+            "not set and discovery is off (discovery.mdns false, no seeds) so it cannot be "
+            "learned from peers either",
         )
 
 
@@ -228,8 +230,9 @@ def _servers(c: Checker, cfg: Config) -> None:
     elif cfg.node.role is RolePreference.AUTO and not cfg.registration.address:
         c.add(
             "servers.count",
-            f"is {count} but this node has no datastore.endpoint (it could "
-            f"only join as an agent) and no registration.address to join; {why}",
+            f"is {count}, but without datastore.endpoint and registration.address this node "
+            f"would run a lone server on SQLite; {why}, or set node.role: agent on machines "
+            "that only join",
         )
 
 

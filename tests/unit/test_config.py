@@ -121,6 +121,21 @@ def test_agent_only_node_without_datastore(tmp_path: Path) -> None:
     assert cfg.servers.count == 3 and cfg.datastore.is_sqlite
 
 
+@pytest.mark.parametrize("discovery", [{}, {"mdns": False, "seeds": ["10.0.0.21:6480"]}])
+def test_agent_may_learn_the_registration_address(
+    tmp_path: Path, discovery: dict[str, Any]
+) -> None:
+    d = ConfigDir(tmp_path)
+    overlay = {
+        "node": {"role": "agent"},
+        "datastore": {"endpoint": ""},
+        "registration": {"address": ""},
+        "discovery": discovery,
+    }
+    cfg = load_and(d, overlay)
+    assert cfg.node.role is RolePreference.AGENT and not cfg.registration.vip.enabled
+
+
 @pytest.mark.parametrize(
     "endpoint",
     [

@@ -249,9 +249,13 @@ CASES: list[tuple[str, dict[str, Any], str, str]] = [
     ("role", {"node": {"role": "master"}}, "node.role", "one of auto, server, agent"),
     (
         "agent without address",
-        {"node": {"role": "agent"}, "registration": {"address": ""}},
+        {
+            "node": {"role": "agent"},
+            "registration": {"address": ""},
+            "discovery": {"mdns": False},
+        },
         "node.role",
-        "registration.address is not set",
+        "cannot be learned from peers",
     ),
     ("label form", {"node": {"labels": ["novalue"]}}, "node.labels[0]", "key=value"),
     ("label value", {"node": {"labels": ["a=b", "k=bad value"]}}, "node.labels[1]", "value"),
