@@ -27,6 +27,7 @@ import signal
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType, TracebackType
@@ -60,6 +61,36 @@ def ip(*args: str, netns: str | None = None, stdin: str | None = None) -> str:
     if res.returncode != 0:
         raise LabError(f"{' '.join(argv)} failed ({res.returncode}): {res.stderr.strip()}")
     return res.stdout
+
+
+def ip_parallel(batches: Mapping[str, str], timeout: float = 30) -> None:
+    """Run ``ip -n NETNS -b -`` with each batch, all at once; raise LabError if any fails."""
+    running = [
+        (
+            ns,
+            subprocess.Popen(
+                ["ip", "-n", ns, "-b", "-"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            ),
+        )
+        for ns in batches
+    ]
+    errors = []
+    deadline = time.monotonic() + timeout
+    for (ns, proc), batch in zip(running, batches.values(), strict=True):
+        try:
+            _, err = proc.communicate(batch, timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            err = "timed out"
+        if proc.returncode != 0:
+            errors.append(f"ip -n {ns}: {err.strip()}")
+    if errors:
+        raise LabError("; ".join(errors))
 
 
 def _mac(index: int) -> str:
@@ -327,16 +358,13 @@ class Lab:
                 batch.append(f"link set {m.switch_port} master br0 up")
             batch.append("link set br0 up")
             ip("-b", "-", netns=self.switch_ns, stdin="\n".join(batch) + "\n")
-            for m in self.all_machines:
-                ip(
-                    "-b",
-                    "-",
-                    netns=m.netns,
-                    stdin=(
-                        f"link set lo up\naddr add {m.address}/24 dev {m.interface}\n"
-                        f"link set {m.interface} up\n"
-                    ),
-                )
+            ip_parallel(
+                {
+                    m.netns: f"link set lo up\naddr add {m.address}/24 dev {m.interface}\n"
+                    f"link set {m.interface} up\n"
+                    for m in self.all_machines
+                }
+            )
         except BaseException:
             self.down()
             raise
