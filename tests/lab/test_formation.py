@@ -1,0 +1,87 @@
+"""Fleet formation in the lab (issue: fleet formation): real databases, real mDNS, real VRRP.
+
+3 machines eligible to be servers + 2 agent-only machines (no datastore credentials), all
+started at the same instant, converge to the right roles with one bootstrap.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+
+from tests.lab import dbs
+from tests.lab.fixtures import LabFactory, lab_factory, require_root
+from tests.lab.fleet import VIP, Fleet, Status
+
+__all__ = ["lab_factory"]
+
+require_root()
+pytestmark = pytest.mark.lab
+
+
+def _cacerts(fleet: Fleet, name: str) -> bytes:
+    code = (
+        "import ssl,urllib.request,sys;"
+        "c=ssl.create_default_context();c.check_hostname=False;c.verify_mode=ssl.CERT_NONE;"
+        "sys.stdout.buffer.write(urllib.request.urlopen('https://127.0.0.1:6443/cacerts',"
+        "context=c,timeout=5).read())"
+    )
+    node = fleet.node(name)
+    from tests.lab.fleet import PYTHON
+
+    return node.machine.run([str(PYTHON), "-c", code]).stdout.encode()
+
+
+def _roles(st: dict[str, Status | None]) -> dict[str, str]:
+    return {n: s["node"]["role"] for n, s in st.items() if s is not None}
+
+
+@pytest.mark.parametrize(("kind", "servers"), [("postgres", 2), ("mysql", 3)])
+def test_fleet_forms_with_one_bootstrap(lab_factory: LabFactory, kind: Any, servers: int) -> None:
+    lab = lab_factory(5, with_db=True)
+    db = dbs.start(lab, kind)
+    fleet = Fleet(lab, endpoint=db.endpoint, eligible=3, agents=2, servers=servers)
+    fleet.start_all()
+    st = fleet.wait(fleet.converged, timeout=90, what="roles decided and every k3s ready")
+    roles = _roles(st)
+    assert roles["n4"] == roles["n5"] == "agent", "machines without credentials are agents"
+    server_names = sorted(n for n, r in roles.items() if r == "server")
+    assert len(server_names) == servers
+
+    # One bootstrap: every server serves the same cluster CA.
+    cas = {n: _cacerts(fleet, n) for n in server_names}
+    assert len(set(cas.values())) == 1, "two cluster CAs: double bootstrap"
+    bootstrappers = {
+        s.get("bootstrapped_by") for s in st.values() if s and s.get("bootstrapped_by")
+    }
+    assert len(bootstrappers) == 1
+
+    # The VIP sits on exactly one server.
+    holders = fleet.vip_holders()
+    assert len(holders) == 1 and holders[0] in server_names
+
+    # Every agent's load-balancer file lists the servers' addresses (agents learn them from
+    # /v1-k3s/apiservers as each server registers, so allow a few refreshes).
+    want = {fleet.node(n).machine.address for n in server_names}
+    for agent in ("n4", "n5"):
+        path = fleet.node(agent).data_dir / "agent" / "etc" / "k3s-agent-load-balancer.json"
+        listed: set[str] = set()
+        lb: dict[str, Any] = {}
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            lb = json.loads(path.read_text())
+            listed = {a.split(":")[0] for a in lb["ServerAddresses"]}
+            if listed == want:
+                break
+            time.sleep(0.5)
+        assert lb["ServerURL"] == f"https://{VIP}:6443"
+        assert listed == want
+
+    # Restart the whole fleet: the same roles come back.
+    fleet.stop_all()
+    fleet.start_all()
+    st2 = fleet.wait(fleet.converged, timeout=90, what="fleet back after restart")
+    assert _roles(st2) == roles
