@@ -1,9 +1,10 @@
 """Discovery diagnostics: announce and watch, printing one JSON object per line.
 
 ``python -m k3snoded.discovery announce --name n1 --cluster lab --token-file F --address A``
-runs :class:`MdnsDiscovery` (and, with ``--seed URL``, :class:`SeedDiscovery`) and prints
-``ready``, ``peer`` (new or changed, with its role and addresses), ``reject`` (instance and
-reason) and ``gone`` events until ``--duration`` elapses or SIGTERM/SIGINT arrives; then it says
+runs :class:`MdnsDiscovery` (unless ``--no-mdns``; with ``--seed URL`` also
+:class:`SeedDiscovery`; with ``--listen`` it serves the signed ``GET /v1/peers``) and prints
+``ready``, ``peer`` (new or changed, with its source, role and addresses), ``reject`` (instance
+and reason) and ``gone`` events until ``--duration`` elapses or SIGTERM/SIGINT arrives; then it says
 goodbye. ``raw`` registers an arbitrary TXT record with plain zeroconf (default probing unless
 ``--no-probe``) and prints every instance its browser adds: the baseline for benchmarks and a
 way to test what k3snoded refuses. Every event carries ``t``, ``time.monotonic()``, which is
@@ -20,12 +21,16 @@ import json
 import signal
 import sys
 import time
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
+from aiohttp import web
 from zeroconf import IPVersion, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from k3snoded.discovery.mdns import SERVICE_TYPE, MdnsDiscovery
+from k3snoded.discovery.peer_api import PeerApi
 from k3snoded.discovery.seed import SeedDiscovery
 from k3snoded.discovery.signing import derive_key
 from k3snoded.model import Peer, Role
@@ -65,48 +70,82 @@ async def announce(args: argparse.Namespace) -> None:
         role=Role(args.role),
         registration=args.registration or None,
     )
-    mdns = MdnsDiscovery(
+    mdns = (
+        MdnsDiscovery(
+            key,
+            args.cluster,
+            args.address,
+            resign_interval=args.resign_interval,
+            max_age=args.max_age,
+            on_peer=lambda p: emit("peer", source="mdns", **_peer_json(p)),
+            on_reject=lambda name, reason: emit("reject", instance=name, reason=reason),
+        )
+        if args.mdns
+        else None
+    )
+    seeds = (
+        SeedDiscovery(args.seed, key, args.cluster, args.seed_interval, local=local)
+        if args.seed
+        else None
+    )
+    api = PeerApi(
         key,
         args.cluster,
-        args.address,
-        resign_interval=args.resign_interval,
-        max_age=args.max_age,
-        on_peer=lambda p: emit("peer", source="mdns", **_peer_json(p)),
-        on_reject=lambda name, reason: emit("reject", instance=name, reason=reason),
+        lambda: [
+            *(seeds.peers().values() if seeds else ()),
+            *(mdns.peers().values() if mdns else ()),
+        ],
+        lambda: local,
+        on_caller=lambda p: emit("peer", source="caller", **_peer_json(p)),
     )
-    seeds = SeedDiscovery(args.seed, key, args.cluster, local_name=args.name) if args.seed else None
-    emit("registering", name=args.name)
-    await mdns.start(local)
-    emit("ready", name=args.name, instance=mdns.instance)
-    if seeds is not None:
-        await seeds.start()
-    known = set(mdns.peers())
-    watcher = asyncio.create_task(_report_goodbyes(mdns, known))
-    updater = asyncio.create_task(_update_later(mdns, local, args))
-    try:
-        await _wait_for_stop(args.duration)
-    finally:
-        watcher.cancel()
-        updater.cancel()
-        await asyncio.gather(watcher, updater, return_exceptions=True)
+    async with contextlib.AsyncExitStack() as stack:
+        if args.listen:
+            app = web.Application()
+            api.install(app)
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            stack.push_async_callback(runner.cleanup)
+            await web.TCPSite(runner, args.address, args.api_port).start()
+            emit("listening", address=args.address, port=args.api_port)
+        emit("registering", name=args.name)
+        if mdns is not None:
+            await mdns.start(local)
+            stack.push_async_callback(mdns.close)
+            _spawn(stack, _report_goodbyes(mdns, set()))
+        emit("ready", name=args.name, instance=mdns.instance if mdns else None)
         if seeds is not None:
-            for peer in seeds.peers().values():
-                emit("peer", source="seed", **_peer_json(peer))
-            await seeds.close()
-        await mdns.close()
-        emit("closed", name=args.name)
+            await seeds.start()
+            stack.push_async_callback(seeds.close)
+            _spawn(stack, _report_seed_peers(seeds))
+        if args.update_after is not None:
+            _spawn(stack, _update_later(mdns, seeds, local, args))
+        await _wait_for_stop(args.duration)
+    emit("closed", name=args.name)
 
 
-async def _update_later(mdns: MdnsDiscovery, local: Peer, args: argparse.Namespace) -> None:
-    if args.update_after is None:
-        return
+def _spawn(stack: contextlib.AsyncExitStack, coro: Coroutine[Any, Any, None]) -> None:
+    task = asyncio.create_task(coro)
+
+    async def cancel() -> None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    stack.push_async_callback(cancel)
+
+
+async def _update_later(
+    mdns: MdnsDiscovery | None, seeds: SeedDiscovery | None, local: Peer, args: argparse.Namespace
+) -> None:
     await asyncio.sleep(args.update_after)
     changed = dataclasses.replace(
         local,
         role=Role(args.update_role or local.role.value),
         registration=args.update_registration or local.registration,
     )
-    await mdns.update(changed)
+    if mdns is not None:
+        await mdns.update(changed)
+    if seeds is not None:
+        seeds.update(changed)
     emit("updated", **_peer_json(changed))
 
 
@@ -119,6 +158,17 @@ async def _report_goodbyes(mdns: MdnsDiscovery, known: set[str]) -> None:
             emit("gone", name=name)
         known.clear()
         known.update(now)
+
+
+async def _report_seed_peers(seeds: SeedDiscovery) -> None:
+    reported: dict[str, Peer] = {}
+    while True:
+        await seeds.changed.wait()
+        seeds.changed.clear()
+        for name, peer in sorted(seeds.peers().items()):
+            if reported.get(name) != peer:
+                reported[name] = peer
+                emit("peer", source="seed", **_peer_json(peer))
 
 
 async def raw(args: argparse.Namespace) -> None:
@@ -167,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--role", choices=[r.value for r in Role], default=Role.NONE.value)
     a.add_argument("--registration", default="")
     a.add_argument("--seed", action="append", default=[], help="seed URL (repeatable)")
+    a.add_argument("--seed-interval", type=float, default=10.0)
+    a.add_argument("--no-mdns", dest="mdns", action="store_false", help="seeds only")
+    a.add_argument("--listen", action="store_true", help="serve GET /v1/peers on --api-port")
     a.add_argument("--duration", type=float, default=60.0, help="seconds before goodbye")
     a.add_argument("--resign-interval", type=float, default=60.0)
     a.add_argument("--max-age", type=float, default=300.0)

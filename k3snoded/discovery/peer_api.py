@@ -19,6 +19,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from urllib.parse import urlencode
 
 import aiohttp
 from aiohttp import web
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 PEERS_PATH = "/v1/peers"
 MAX_BODY = 1 << 20  # a peer list of a thousand machines is well under 200 kB
 _LOGGED_MAX = 1024
+_CALLERS_MAX = 4096
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Clock = Callable[[], float]
@@ -49,7 +51,11 @@ class PeerApi:
     """Server side: signed-request verification, signed answers, and ``GET /v1/peers``.
 
     ``peers_provider`` returns what this node knows (from mDNS and seeds) and
-    ``local_provider`` this node itself; both are called on every request.
+    ``local_provider`` this node itself; both are called on every request. A caller may
+    describe itself in the (signed) query string, the same fields as an announcement; it is
+    then remembered in ``callers()`` and passed on to later callers, so seed-only discovery
+    (mDNS off) lets every node that polls a seed find every other one. ``on_caller`` is called
+    with each new or changed caller.
     """
 
     def __init__(
@@ -61,8 +67,11 @@ class PeerApi:
         *,
         window: float = 30,
         clock: Clock = time.time,
+        on_caller: Callable[[Peer], None] | None = None,
     ) -> None:
         self._key = key
+        self._on_caller = on_caller
+        self._callers: dict[str, Peer] = {}
         self._cluster = cluster
         self._peers = peers_provider
         self._local = local_provider
@@ -70,6 +79,10 @@ class PeerApi:
         self._verifier = RequestVerifier(key, window)
         self._logged: set[tuple[str, str]] = set()
         self.rejected = 0  # requests refused so far (for status and tests)
+
+    def callers(self) -> dict[str, Peer]:
+        """Nodes that described themselves when asking us, by name (a copy)."""
+        return dict(self._callers)
 
     def install(self, app: web.Application) -> None:
         """Add ``GET /v1/peers`` to ``app`` (before the app starts)."""
@@ -110,9 +123,35 @@ class PeerApi:
         self._logged.add((source, reason))
         log.warning("refused peer-API request from %s: %s (logged once)", source, reason)
 
+    def _learn_caller(self, request: web.Request) -> str | None:
+        """Remember the caller's self-description, if any; return a reason if it is malformed."""
+        query = request.rel_url.query
+        if not query:
+            return None
+        if len(query) != len(set(query.keys())):
+            return "repeated field in self-description"
+        try:
+            caller = peer_from_fields(dict(query))
+        except ValueError as exc:
+            return f"bad self-description: {exc}"
+        if caller.cluster != self._cluster:
+            return "self-description of another cluster"
+        if self._callers.get(caller.name) != caller:
+            if caller.name not in self._callers and len(self._callers) >= _CALLERS_MAX:
+                return "too many callers"
+            self._callers[caller.name] = caller
+            if self._on_caller is not None:
+                self._on_caller(caller)
+        return None
+
     async def _handle_peers(self, request: web.Request) -> web.Response:
+        problem = self._learn_caller(request)
+        if problem is not None:
+            return web.Response(status=400, text=f"{problem}\n")
         local = self._local()
-        peers = [p for p in self._peers() if p.cluster == self._cluster and p.name != local.name]
+        known = {p.name: p for p in self._peers()}
+        known.update(self._callers)  # a node's own latest word about itself wins
+        peers = [p for p in known.values() if p.cluster == self._cluster and p.name != local.name]
         document = {
             "cluster": self._cluster,
             "local": peer_to_fields(local),
@@ -167,17 +206,23 @@ async def fetch_peers(
     request_timeout: float = 3.0,
     window: float = 30,
     clock: Clock = time.time,
+    local: Peer | None = None,
 ) -> list[Peer]:
     """Ask one peer API (``scheme://host:port``) whom it knows: itself first, then its peers.
+
+    With ``local``, this node describes itself in the signed query string, so the seed can tell
+    later callers about it.
 
     Raises AuthenticationError (we were refused, or the answer is forged, stale or foreign),
     aiohttp.ClientError / TimeoutError (unreachable), ValueError (bad URL).
     """
-    target = base_url(url) + PEERS_PATH
+    path = PEERS_PATH
+    if local is not None:
+        path += "?" + urlencode(sorted(peer_to_fields(local).items()))
     nonce = new_nonce(os.urandom(16))
-    headers = sign_request(key, "GET", PEERS_PATH, b"", clock(), nonce)
+    headers = sign_request(key, "GET", path, b"", clock(), nonce)
     async with session.get(
-        target,
+        URL(base_url(url) + path, encoded=True),
         headers=headers,
         timeout=aiohttp.ClientTimeout(total=request_timeout),
         ssl=False,

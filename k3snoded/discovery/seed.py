@@ -26,8 +26,10 @@ log = logging.getLogger(__name__)
 class SeedDiscovery:
     """Finds peers by asking seeds. ``start()`` once, ``peers()`` any time, ``close()`` at the end.
 
-    ``local_name`` (this node) is left out of ``peers()``. ``refresh()`` asks every seed once
-    and returns how many answered (also what the polling tasks do).
+    ``local`` (this node) is left out of ``peers()`` and, when given, described to the seeds
+    so they can tell the other nodes about it (``update(local)`` when it changes).
+    ``refresh()`` asks every seed once and returns how many answered (also what the polling
+    tasks do).
     """
 
     def __init__(
@@ -37,7 +39,7 @@ class SeedDiscovery:
         cluster: str,
         interval: float = 10.0,
         *,
-        local_name: str = "",
+        local: Peer | None = None,
         request_timeout: float = 3.0,
         backoff_max: float = 60.0,
         clock: Clock = time.time,
@@ -46,7 +48,7 @@ class SeedDiscovery:
         self._key = key
         self._cluster = cluster
         self._interval = interval
-        self._local_name = local_name
+        self._local = local
         self._timeout = request_timeout
         self._backoff_max = max(backoff_max, interval)
         self._clock = clock
@@ -59,6 +61,10 @@ class SeedDiscovery:
     @property
     def seeds(self) -> tuple[str, ...]:
         return tuple(self._seeds)
+
+    def update(self, local: Peer) -> None:
+        """What we tell the seeds about ourselves from the next poll on."""
+        self._local = local
 
     def peers(self) -> dict[str, Peer]:
         """Every peer learned so far, by name (a copy)."""
@@ -110,6 +116,7 @@ class SeedDiscovery:
                 self._cluster,
                 request_timeout=self._timeout,
                 clock=self._clock,
+                local=self._local,
             )
         except AuthenticationError as exc:
             self._failed(seed, str(exc))
@@ -132,7 +139,7 @@ class SeedDiscovery:
     def _learn(self, seed: str, learned: list[Peer]) -> None:
         changed = False
         for peer in learned:
-            if peer.name == self._local_name:
+            if self._local is not None and peer.name == self._local.name:
                 continue
             if self._peers.get(peer.name) != peer:
                 if peer.name not in self._peers:

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiohttp
 import pytest
 from aiohttp import web
+from yarl import URL
 
 from k3snoded.discovery.peer_api import PEERS_PATH, PeerApi, base_url, fetch_peers
 from k3snoded.discovery.seed import SeedDiscovery
@@ -55,7 +56,7 @@ def peer_app(key: bytes = KEY, cluster: str = "lab") -> tuple[web.Application, P
 async def test_signed_request_learns_the_seed_and_its_peers(serve: Serve) -> None:
     app, api = peer_app()
     url = await serve(app)
-    async with SeedDiscovery([url], KEY, "lab", local_name="n2") as seeds:
+    async with SeedDiscovery([url], KEY, "lab", local=N2) as seeds:
         assert await seeds.refresh() == 1
         # n2 is ourselves; the other cluster's peer is never passed on
         assert seeds.peers() == {"n1": N1}
@@ -236,3 +237,67 @@ def test_bad_seed_urls(url: str) -> None:
         base_url(url)
     with pytest.raises(ValueError, match="seed"):
         SeedDiscovery([url], KEY, "lab")
+
+
+N3 = Peer("n3", "lab", ("198.18.0.13",), 6480, Role.NONE)
+
+
+async def test_callers_describe_themselves_and_are_passed_on(serve: Serve) -> None:
+    """Seed-only discovery: n2 and n3 only know the seed n1, yet find each other through it."""
+    seen: list[Peer] = []
+    api = PeerApi(KEY, "lab", list, lambda: N1, on_caller=seen.append)
+    app = web.Application()
+    api.install(app)
+    url = await serve(app)
+    async with (
+        SeedDiscovery([url], KEY, "lab", local=N2) as s2,
+        SeedDiscovery([url], KEY, "lab", local=N3) as s3,
+    ):
+        assert await s2.refresh() == 1
+        assert await s3.refresh() == 1
+        assert await s2.refresh() == 1
+        assert s2.peers() == {"n1": N1, "n3": N3}
+        assert s3.peers() == {"n1": N1, "n2": N2}
+        promoted = Peer("n2", "lab", N2.addresses, 6480, Role.SERVER, "198.18.0.100")
+        s2.update(promoted)
+        assert await s2.refresh() == 1
+        assert await s3.refresh() == 1
+        assert s3.peers()["n2"] == promoted
+    assert api.callers() == {"n2": promoted, "n3": N3}
+    assert seen[-1] == promoted
+
+
+@pytest.mark.parametrize(
+    ("query", "reason"),
+    [
+        ("?n=n2", "bad self-description: unsupported format version"),
+        ("?v=1&n=n2&c=other&a=&p=1&r=none", "self-description of another cluster"),
+        ("?v=1&n=n2&n=n3&c=lab&a=&p=1&r=none", "repeated field"),
+    ],
+)
+async def test_bad_self_descriptions_are_refused(serve: Serve, query: str, reason: str) -> None:
+    app, api = peer_app()
+    url = await serve(app)
+    path = PEERS_PATH + query
+    headers = sign_request(KEY, "GET", path, b"", _now(), _nonce())
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(URL(url + path, encoded=True), headers=headers) as resp,
+    ):
+        assert resp.status == 400
+        assert (await resp.text()).startswith(reason)
+    assert api.callers() == {}
+
+
+async def test_self_description_is_covered_by_the_signature(serve: Serve) -> None:
+    app, api = peer_app()
+    url = await serve(app)
+    signed_path = PEERS_PATH + "?v=1&n=n2&c=lab&a=&p=1&r=none"
+    headers = sign_request(KEY, "GET", signed_path, b"", _now(), _nonce())
+    sent = signed_path.replace("r=none", "r=server")
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(URL(url + sent, encoded=True), headers=headers) as resp,
+    ):
+        assert resp.status == 401
+    assert api.callers() == {}

@@ -206,3 +206,27 @@ def test_a_killed_node_stays_known(lab_factory: LabFactory, tmp_path: Path, toke
         assert b.events("gone") == []
     finally:
         b.stop()
+
+
+@pytest.mark.lab
+def test_resigning_keeps_records_fresh_for_late_joiners(
+    lab_factory: LabFactory, tmp_path: Path, token: Path
+) -> None:
+    """With max_age 3 s, a node announcing for 5 s is still accepted: it re-signs every 1 s."""
+    lab = lab_factory(2)
+    n1, n2 = lab.machines
+    timing = ["--resign-interval", "1", "--max-age", "3"]
+    a = announce(n1, tmp_path, token, *timing)
+    b: Node | None = None
+    try:
+        wait_until(lambda: bool(a.events("ready")), 10, "n1 to announce")
+        time.sleep(5)
+        b = announce(n2, tmp_path, token, *timing)
+        wait_until(lambda: "n1" in b.seen() and "n2" in a.seen(), 10, "n1 and n2 to meet")
+        time.sleep(2)  # re-announcements keep arriving and keep verifying
+        assert b.rejects() == {}
+        assert a.rejects() == {}
+    finally:
+        a.stop()
+        if b is not None:
+            b.stop()
