@@ -55,22 +55,19 @@ class SpeakerStatus:
 
 
 class _DropLog:
-    """Log each kind of bad input once at WARNING, then quietly count it."""
+    """Log each kind of bad input (or failure) once at WARNING, then count it quietly."""
 
-    def __init__(self) -> None:
+    def __init__(self, what: str) -> None:
+        self.what = what
         self.counts: dict[str, int] = {}
 
     def drop(self, kind: str, detail: str) -> None:
         n = self.counts.get(kind, 0) + 1
         self.counts[kind] = n
         if n == 1:
-            log.warning(
-                "dropping VRRP input (%s): %s; further drops of this kind are counted quietly",
-                kind,
-                detail,
-            )
+            log.warning("%s (%s): %s; repeats are counted quietly", self.what, kind, detail)
         else:
-            log.debug("dropping VRRP input (%s, #%d): %s", kind, n, detail)
+            log.debug("%s (%s, #%d): %s", self.what, kind, n, detail)
 
     @property
     def total(self) -> int:
@@ -130,8 +127,9 @@ class VrrpSpeaker:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._done = asyncio.Event()
-        self._drops = _DropLog()
-        self._send_errors = _DropLog()
+        self._drops = _DropLog("dropping VRRP input")
+        self._send_errors = _DropLog("VRRP I/O failed")
+        self._mismatches = _DropLog("accepting a VRRP advert whose address list differs")
 
     # ---- public API -------------------------------------------------------------------------
     @property
@@ -351,7 +349,8 @@ class VrrpSpeaker:
         if advert.vrid != self.vrid:
             return  # another router's VRID on the same segment: silently discarded (RFC 7.1)
         if advert.addresses != (self.vip.ip,):
-            self._drops.drop(
+            # RFC 5798 7.1: a mismatch is logged, the advert is still processed.
+            self._mismatches.drop(
                 "addresses", f"{dgram.source} advertises {list(map(str, advert.addresses))}"
             )
         self._feed(machine.AdvertReceived(advert.priority, dgram.source, advert.interval))
