@@ -139,9 +139,15 @@ class MdnsDiscovery:
         self._check_local(local)
         self._local = local
         self._aiozc = AsyncZeroconf(interfaces=[self._address], ip_version=IPVersion.V4Only)
-        self._info = self._service_info(local)
-        # No probing (see the module docstring): the first announcement leaves at once.
-        await self._aiozc.async_register_service(self._info, cooperating_responders=True)
+        try:
+            info = self._service_info(local)
+            # No probing (see the module docstring): the first announcement leaves at once.
+            await self._aiozc.async_register_service(info, cooperating_responders=True)
+        except BaseException:
+            await self._aiozc.async_close()
+            self._aiozc = None
+            raise
+        self._info = info
         self._browser = AsyncServiceBrowser(
             self._aiozc.zeroconf, [SERVICE_TYPE], handlers=[self._on_change]
         )

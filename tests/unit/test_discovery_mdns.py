@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from zeroconf import ServiceInfo
 
 from k3snoded.discovery.announcement import encode_txt, peer_to_fields
@@ -74,3 +78,61 @@ def test_refuses_bad_settings_and_foreign_local_peer() -> None:
     mdns = MdnsDiscovery(KEY, "lab", "198.18.0.11")
     with pytest.raises(ValueError, match="cluster"):
         mdns._check_local(Peer("n1", "other", (), 1))
+
+
+def test_state_older_announcements_duplicates_goodbyes() -> None:
+    """The bookkeeping behind peers(), driven without a network."""
+    found: list[Peer] = []
+    refused: list[tuple[str, str]] = []
+    mdns = MdnsDiscovery(
+        KEY,
+        "lab",
+        "198.18.0.11",
+        on_peer=found.append,
+        on_reject=lambda i, r: refused.append((i, r)),
+    )
+    mdns._local = N1
+    n2 = Peer("n2", "lab", ("198.18.0.12",), 6480, Role.AGENT)
+    n2_server = Peer("n2", "lab", ("198.18.0.12",), 6480, Role.SERVER)
+    i2 = instance_name("n2", "lab", "198.18.0.12")
+    mdns._accept(i2, n2, NOW)
+    assert mdns.peers() == {"n2": n2}
+    assert mdns.changed.is_set()
+    mdns._accept(i2, n2_server, NOW + 60)
+    assert mdns.peers()["n2"] == n2_server
+    # a replayed, older announcement cannot roll the role back
+    mdns._accept(i2, n2, NOW + 30)
+    assert mdns.peers()["n2"] == n2_server
+    assert found == [n2, n2_server]
+    # another machine announcing our own node name is refused, and reported once
+    i1_other = instance_name("n1", "lab", "198.18.0.99")
+    mdns._accept(i1_other, Peer("n1", "lab", ("198.18.0.99",), 6480), NOW)
+    mdns._accept(i1_other, Peer("n1", "lab", ("198.18.0.99",), 6480), NOW + 1)
+    assert "n1" not in mdns.peers()
+    assert len(refused) == 1 and "duplicate node name" in refused[0][1]
+    assert mdns.rejected[i1_other].endswith("duplicate node name")
+    # a goodbye removes the peer, and a later announcement brings it back
+    mdns.changed.clear()
+    mdns._goodbye(i2)
+    assert mdns.peers() == {}
+    assert mdns.changed.is_set()
+    mdns._accept(i2, n2, NOW)  # accepted again: the goodbye forgot the last timestamp
+    assert mdns.peers() == {"n2": n2}
+    # a goodbye for an unknown instance changes nothing
+    mdns._goodbye("unknown._k3snoded._tcp.local.")
+    assert mdns.peers() == {"n2": n2}
+
+
+@settings(max_examples=200)
+@given(
+    props=st.dictionaries(
+        st.binary(max_size=8) | st.sampled_from([b"c", b"ts", b"sig", b"v", b"n"]),
+        st.none() | st.binary(max_size=40),
+    ),
+    now=st.floats(allow_nan=True, allow_infinity=True),
+)
+def test_random_txt_only_raises_authentication_or_value_error(
+    props: dict[bytes, bytes | None], now: float
+) -> None:
+    with contextlib.suppress(AuthenticationError, ValueError):
+        parse_announcement(KEY, "lab", props, now)
