@@ -323,7 +323,11 @@ class VrrpSpeaker:
     def _on_readable(self) -> None:
         assert self._sock is not None
         for _ in range(_MAX_READS_PER_WAKEUP):
-            data = self._sock.receive()
+            try:
+                data = self._sock.receive()
+            except OSError as exc:  # a pending socket error (e.g. ENETDOWN) is reported once
+                self._send_errors.drop("receive", str(exc))
+                return
             if data is None:
                 return
             self._on_datagram(data)

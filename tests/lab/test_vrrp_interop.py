@@ -126,3 +126,33 @@ def test_keepalived_higher_ours_stays_backup_then_takes_over(lab_factory: LabFac
     assert "(VI_1) sent 0 priority" in ka.log_file.read_text()
     assert _complaints(ka) == [] and _complaints(ka2) == []
     ours.signal(signal.SIGTERM)
+
+
+def test_unicast_with_keepalived(lab_factory: LabFactory) -> None:
+    """Unicast adverts both ways: each side verifies the other's checksum, whose pseudo-header
+    carries the unicast destination (keepalived >= 2.0 without old_unicast_checksum)."""
+    lab = lab_factory(2)
+    n1, n2 = lab.machines
+    ours = start_ours(n1, 150, "--unicast-peer", n2.address)
+    wait_for("ours master", lambda: ours.state() == "master", timeout=10)
+    cfg = keepalived.VrrpConfig(
+        vip=f"{VIP}/24", priority=100, advert_int=ADVERT, unicast_peers=(n1.address,)
+    )
+    ka = keepalived.start(n2, cfg)
+    ka.vrrp_pid()
+    with Sampler(lab.machines) as sampler:
+        time.sleep(1.0)
+        assert not sampler.ever_held_by("n2"), "keepalived did not accept our unicast adverts"
+        t0 = time.monotonic()
+        ours.signal(signal.SIGTERM)
+        wait_for("keepalived taking over", lambda: holders(lab.machines) == {"n2"}, timeout=2)
+        took = time.monotonic() - t0
+        back = start_ours(n1, 150, "--unicast-peer", n2.address, tag="-b")
+        wait_for("ours in backup", lambda: back.state() == "backup", timeout=10)
+        wait_for("ours learning keepalived", lambda: back.status().get("master") == n2.address)
+        time.sleep(5 * ADVERT)
+    assert sampler.error is None
+    assert holders(lab.machines) == {"n2"}
+    assert back.status()["dropped"] == 0, "we dropped keepalived's unicast adverts"
+    assert took < 0.5
+    assert _complaints(ka) == []
