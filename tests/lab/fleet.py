@@ -63,7 +63,10 @@ class FleetNode:
         wrapper = self.dir / "k3s-wrapper"
         env = {"K3S_FAKE_ROOT": str(self.root), **self.fleet.fake_env, **self.fake_env}
         lines = "".join(f"export {k}='{v}'\n" for k, v in env.items())
-        wrapper.write_text(f'#!/bin/sh\n{lines}exec "{FAKE_K3S}" "$@"\n')
+        # K3S_REAL_BINARY (the demo's K3S_BINARY) runs a real k3s instead of the stand-in.
+        target = env.pop("K3S_REAL_BINARY", "") or str(FAKE_K3S)
+        lines = "".join(f"export {k}='{v}'\n" for k, v in env.items())
+        wrapper.write_text(f'#!/bin/sh\n{lines}exec "{target}" "$@"\n')
         wrapper.chmod(0o755)
         node: dict[str, Any] = {
             "node": {
