@@ -1,7 +1,8 @@
 """The datastore k3snoded coordinates through (D1): the contract, and ``open_datastore``.
 
-The composition root calls only ``open_datastore``; everything else uses the ``Datastore``
-contract (``base.py``). Drivers are imported only for the backend in use, so a missing psycopg2
+The composition root calls only ``open_datastore`` (then ``prepare``, which runs preflight and
+the schema with backoff); everything else uses the ``Datastore`` contract (``base.py``).
+Drivers are imported only for the backend in use, so a missing psycopg2
 does not break a MySQL install.
 """
 
@@ -19,6 +20,7 @@ from k3snoded.datastore.base import (
     MemberRow,
 )
 from k3snoded.datastore.endpoint import Backend, Endpoint, EndpointError, parse_endpoint
+from k3snoded.datastore.startup import prepare
 
 __all__ = [
     "BOOTSTRAPPED_FLAG",
@@ -33,6 +35,7 @@ __all__ = [
     "endpoint_of",
     "open_datastore",
     "parse_endpoint",
+    "prepare",
 ]
 
 

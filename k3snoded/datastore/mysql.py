@@ -20,6 +20,9 @@ _AUTH = {1045, 1698, 1251}  # access denied, auth plugin, client does not suppor
 _NO_DB_ACCESS = {1044}
 _UNKNOWN_DB = 1049
 _TLS = {2026}  # SSL connection error
+# Negotiation or verification failures in a "can't connect" (2003) message; a TLS connection
+# that broke (EOF) is an outage, not a configuration error.
+_TLS_FAILURES = ("certificate", "ssl is required", "handshake", "alert", "wrong version number")
 # can't connect (socket, TCP, unknown host), gone away, lost, too many connections, shutdown,
 # lock wait timeout, deadlock, killed, read timeout
 _TRANSIENT = {2002, 2003, 2005, 2006, 2013, 2055, 1040, 1053, 1205, 1213, 1927, 3024}
@@ -55,9 +58,14 @@ class MysqlDialect(Dialect):
             kw["host"], kw["port"] = ep.host, ep.port
         files = ep.mysql_ssl()
         if files:
-            context = ssl.create_default_context(cafile=files.get("ca"))
-            if "cert" in files:
-                context.load_cert_chain(files["cert"], files.get("key"))
+            try:
+                context = ssl.create_default_context(cafile=files.get("ca"))
+                if "cert" in files:
+                    context.load_cert_chain(files["cert"], files.get("key"))
+            except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
+                raise DatastoreRejected(
+                    f"{self.label}: cannot load the datastore TLS files: {e}"
+                ) from None
             kw["ssl"] = context
         return kw
 
@@ -95,7 +103,7 @@ class MysqlDialect(Dialect):
         if isinstance(exc, pymysql.err.Error) and exc.args and isinstance(exc.args[0], int):
             code = exc.args[0]
             msg = self.scrub(str(exc.args[1]) if len(exc.args) > 1 else "")
-        elif isinstance(exc, ssl.SSLError):
+        elif isinstance(exc, ssl.SSLError) and not isinstance(exc, ssl.SSLEOFError):
             return DatastoreRejected(f"{where}: TLS failure: {self.scrub(str(exc))}")
         elif isinstance(exc, OSError | TimeoutError | pymysql.err.Error):
             return DatastoreUnavailable(f"{where}: connection failed: {self.scrub(str(exc))}")
@@ -109,7 +117,7 @@ class MysqlDialect(Dialect):
             return DatastoreRejected(f"{where}: access to the database denied ({code}: {msg})")
         if code == _UNKNOWN_DB:
             return MissingDatabase(f"{where}: database does not exist ({code}: {msg})")
-        if code in _TLS or "SSL" in msg or "certificate" in msg.lower():
+        if code in _TLS or (code == 2003 and any(w in msg.lower() for w in _TLS_FAILURES)):
             return DatastoreRejected(f"{where}: TLS failure ({code}: {msg})")
         if code in _TRANSIENT or isinstance(
             exc, pymysql.err.OperationalError | pymysql.err.InterfaceError

@@ -17,7 +17,20 @@ _SCHEMA_LOCK = 0x6B33736E  # "k3sn"
 # admin shutdown, crash shutdown, cannot connect now, too many connections, query canceled
 # (statement_timeout), serialization failure, deadlock, lock not available
 _TRANSIENT = {"57P01", "57P02", "57P03", "53300", "57014", "40001", "40P01", "55P03"}
-_TLS_WORDS = ("SSL", "certificate", "TLS")
+# Negotiation or verification failures (the configuration is wrong), as opposed to a TLS
+# connection that broke ("SSL SYSCALL error: EOF detected"), which is an outage.
+_TLS_FAILURES = (
+    "certificate",
+    "does not support ssl",
+    "ssl is not enabled",
+    "sslmode",
+    "handshake",
+    "alert",
+    "wrong version number",
+    "could not load private key",
+    "ssl error",
+)
+_BROKEN = ("ssl syscall", "closed unexpectedly", "eof detected", "server closed the connection")
 
 
 class PostgresDialect(Dialect):
@@ -27,10 +40,11 @@ class PostgresDialect(Dialect):
     types: ClassVar[dict[str, str]] = {"float": "DOUBLE PRECISION", "table_options": ""}
     cte_upsert = True
 
-    def _kwargs(self, database: str) -> dict[str, Any]:
+    def _kwargs(self, database: str, statement_timeout: float | None = None) -> dict[str, Any]:
         ep = self.endpoint
         params = ep.postgres_params()
         millis = max(1, int(self.timeout * 1000))
+        limit = max(1, int((statement_timeout or self.timeout) * 1000))
         options = params.pop("options", "")
         kw: dict[str, Any] = {
             "host": ep.host,
@@ -44,7 +58,7 @@ class PostgresDialect(Dialect):
             "keepalives_interval": 1,
             "keepalives_count": 2,
             "tcp_user_timeout": millis,
-            "options": f"{options} -c statement_timeout={millis} -c lock_timeout={millis}".strip(),
+            "options": f"{options} -c statement_timeout={limit} -c lock_timeout={millis}".strip(),
             "application_name": "k3snoded",
         }
         kw.update(params)
@@ -59,7 +73,8 @@ class PostgresDialect(Dialect):
         # Like kine: through the "postgres" database, which pg_hba must allow.
         db = self.endpoint.database
         try:
-            conn = psycopg2.connect(**self._kwargs("postgres"))
+            # CREATE DATABASE copies a template: allow it more than one statement's time.
+            conn = psycopg2.connect(**self._kwargs("postgres", 3 * self.timeout))
         except Exception as e:
             raise self.translate(e) from None
         try:
@@ -106,7 +121,9 @@ class PostgresDialect(Dialect):
             )
         if code == "3D000" or ("database" in low and "does not exist" in low):
             return MissingDatabase(f"{where}: database does not exist: {msg}")
-        if any(w.lower() in low for w in _TLS_WORDS) and "timeout" not in low:
+        if any(w in low for w in _BROKEN):
+            return DatastoreUnavailable(f"{where}: connection lost: {msg}")
+        if any(w in low for w in _TLS_FAILURES):
             return DatastoreRejected(f"{where}: TLS failure: {msg}")
         if code.startswith("08") or code in _TRANSIENT:
             return DatastoreUnavailable(f"{where}: unavailable: {msg}")

@@ -46,6 +46,7 @@ class Target:
         password: str | None = None,
         host: str | None = None,
         port: int | None = None,
+        sslmode: str | None = "disable",
     ) -> str:
         """A k3s-style endpoint for this test's database (or another one)."""
         ep = self.base
@@ -55,16 +56,23 @@ class Target:
         if self.backend == "mysql":
             return f"mysql://{ep.user}:{pw}@tcp({addr})/{db}"
         if self.backend == "postgres":
-            return f"postgres://{ep.user}:{pw}@{addr}/{db}?sslmode=disable"
+            query = f"?sslmode={sslmode}" if sslmode else ""
+            return f"postgres://{ep.user}:{pw}@{addr}/{db}{query}"
         return ""
 
-    def open(self, endpoint: str | None = None, *, retry_timeout: float = 2.0) -> Datastore:
+    def open(
+        self,
+        endpoint: str | None = None,
+        *,
+        retry_timeout: float = 2.0,
+        ca_file: Path | None = None,
+    ) -> Datastore:
         coord = CoordinationConfig(retry_timeout=retry_timeout)
         if self.is_sqlite:
             ds = open_datastore(DatastoreConfig(), coord, sqlite_path=Path(self.database))
         else:
             text = self.endpoint() if endpoint is None else endpoint
-            ds = open_datastore(DatastoreConfig(endpoint=text), coord)
+            ds = open_datastore(DatastoreConfig(endpoint=text, ca_file=ca_file), coord)
         self.stores.append(ds)
         return ds
 

@@ -4,12 +4,19 @@ MariaDB and PostgreSQL (the `target` fixture)."""
 from __future__ import annotations
 
 import asyncio
+import datetime
+import logging
 import socket
 import time
+from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
-from k3snoded.datastore import COORDINATOR_LEASE, Datastore, MemberRecord
+from k3snoded.datastore import COORDINATOR_LEASE, Datastore, MemberRecord, prepare, schema
 from k3snoded.datastore.schema import LATEST, MEMBERS, VERSION_TABLE
 from k3snoded.errors import DatastoreError, DatastoreRejected, DatastoreUnavailable
 from k3snoded.model import Role, RolePreference
@@ -96,6 +103,44 @@ async def test_preflight_creates_a_missing_database(target: Target) -> None:
     assert await ds.members() == []
 
 
+def self_signed_ca(directory: Path) -> Path:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "k3snoded test CA")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    path = directory / "ca.pem"
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+async def test_preflight_tls_configured_but_not_possible_is_rejected(
+    target: Target, tmp_path: Path
+) -> None:
+    no_sqlite(target)
+    # The shared servers run without TLS: a configured CA must not fall back to plain text.
+    # (no sslmode in the URL: kine's rule makes it verify-full when TLS files are given)
+    ds = target.open(target.endpoint(sslmode=None), ca_file=self_signed_ca(tmp_path))
+    with pytest.raises(DatastoreRejected, match="TLS"):
+        await ds.preflight()
+
+
+async def test_preflight_missing_tls_file_is_rejected(target: Target, tmp_path: Path) -> None:
+    no_sqlite(target)
+    ds = target.open(target.endpoint(sslmode=None), ca_file=tmp_path / "absent.pem")
+    with pytest.raises(DatastoreRejected, match=r"TLS|certificate"):
+        await ds.preflight()
+
+
 # --- schema ------------------------------------------------------------------------------------
 
 
@@ -114,6 +159,25 @@ async def test_ensure_schema_concurrently_from_several_nodes(target: Target) -> 
     assert len(target.query(f"SELECT version FROM {VERSION_TABLE}")) == 1
     await stores[0].heartbeat(record("n1"))
     assert [r.member.name for r in await stores[3].members()] == ["n1"]
+
+
+async def test_schema_upgrade_applies_only_the_new_step(
+    target: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ds = await ready(target)  # at version 1
+    await ds.heartbeat(record("n1"))
+    v2 = "CREATE TABLE IF NOT EXISTS k3snoded_v2_probe (name VARCHAR(64) NOT NULL PRIMARY KEY)"
+    monkeypatch.setattr(schema, "STEPS", (*schema.STEPS, (2, (v2,))))
+    monkeypatch.setattr(schema, "LATEST", 2)
+    other = target.open()
+    await other.ensure_schema()
+    await other.ensure_schema()
+    versions = sorted(int(v) for (v,) in target.query(f"SELECT version FROM {VERSION_TABLE}"))
+    assert versions == [1, 2]
+    assert target.query("SELECT COUNT(*) FROM k3snoded_v2_probe") == [(0,)]
+    assert [r.member.name for r in await other.members()] == ["n1"]  # v1 data untouched
+    monkeypatch.undo()
+    await ds.ensure_schema()  # an older node on a newer schema carries on
 
 
 # --- heartbeats and members --------------------------------------------------------------------
@@ -321,3 +385,33 @@ async def test_hung_server_times_out_then_recovers(target: Target) -> None:
         assert await ds.try_lease(COORDINATOR_LEASE, "n1", 10)
     finally:
         await proxy.close()
+
+
+async def test_prepare_waits_for_a_datastore_that_boots_later(
+    target: Target, caplog: pytest.LogCaptureFixture
+) -> None:
+    no_sqlite(target)
+    proxy = await Proxy(target.base.host, target.base.port).start()
+    try:
+        await proxy.cut()  # the datastore is "not booted yet": connections refused
+        ds = target.open(target.endpoint(host="127.0.0.1", port=proxy.port), retry_timeout=1.0)
+        caplog.set_level(logging.DEBUG, logger="k3snoded.datastore")
+        task = asyncio.create_task(prepare(ds, first_delay=0.05, max_delay=0.1))
+        await asyncio.sleep(0.6)
+        assert not task.done()
+        await proxy.restore()
+        failures = await asyncio.wait_for(task, 10)
+        assert failures >= 2
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1  # a repeated failure is logged once, then quietly
+        assert f"127.0.0.1:{proxy.port}" in warnings[0].getMessage()
+        await ds.heartbeat(record("n1"))
+    finally:
+        await proxy.close()
+
+
+async def test_prepare_gives_up_at_the_deadline(target: Target) -> None:
+    no_sqlite(target)
+    ds = target.open(target.endpoint(host="127.0.0.1", port=free_port()), retry_timeout=1.0)
+    with pytest.raises(DatastoreUnavailable):
+        await prepare(ds, first_delay=0.05, deadline=time.monotonic() + 0.3)
