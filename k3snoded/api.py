@@ -40,16 +40,14 @@ class ApiServer:
         metrics: Callable[[], str],
         healthy: Callable[[], bool],
         listen: str = "",
-        peer_routes: Iterable[web.RouteDef] = (),
-        peer_middlewares: Iterable[Any] = (),
+        peer_setup: Iterable[Callable[[web.Application], None]] = (),
     ) -> None:
         self._socket_path = socket_path
         self._status = status
         self._metrics = metrics
         self._healthy = healthy
         self._listen = listen
-        self._peer_routes = list(peer_routes)
-        self._peer_middlewares = list(peer_middlewares)
+        self._peer_setup = list(peer_setup)
         self._runners: list[web.AppRunner] = []
 
     async def start(self) -> None:
@@ -70,10 +68,11 @@ class ApiServer:
             os.umask(old)
         os.chmod(self._socket_path, 0o600)
         if self._listen:
-            peer = web.Application(middlewares=self._peer_middlewares)
+            peer = web.Application()
             peer.router.add_get("/healthz", self._get_healthz)
             peer.router.add_get("/metrics", self._get_metrics)
-            peer.router.add_routes(self._peer_routes)
+            for setup in self._peer_setup:
+                setup(peer)
             prunner = web.AppRunner(peer, access_log=None)
             await prunner.setup()
             self._runners.append(prunner)

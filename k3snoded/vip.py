@@ -113,7 +113,7 @@ class VipKeeper:
                 held=st.holds_vip,
                 state=st.state.value,
                 priority=st.priority,
-                master=str(st.master) if st.master else None,
+                master=st.master,
                 transitions=st.transitions,
             )
         return out
