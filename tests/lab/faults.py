@@ -22,6 +22,8 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from tests.lab.iproute import ip
+
 if TYPE_CHECKING:
     from tests.lab.netns import Lab, Machine
 
@@ -31,8 +33,6 @@ _DIRECTIONS = {"in": ("in",), "out": ("out",), "both": ("in", "out")}
 
 
 def _ip(m: Machine, *args: str, netns: str | None = None) -> None:
-    from tests.lab.netns import ip
-
     ip(*args, netns=netns or m.netns)
 
 
