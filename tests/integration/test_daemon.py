@@ -194,3 +194,45 @@ def test_bad_config_exits_78_naming_file_and_key(
         assert r.returncode == 78, r.stderr
         assert str(path) in r.stderr and key in r.stderr
         assert "Traceback" not in r.stderr
+
+
+def test_metrics_and_healthz(tmp_path: Path) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    h = DaemonHarness(tmp_path, config={"api": {"listen": "127.0.0.1:6480"}})
+    try:
+        h.start()
+        h.wait_for(_ready, what="k3s ready")
+        fetch = (
+            "import urllib.request,sys;"
+            "r=urllib.request.urlopen('http://127.0.0.1:6480/'+sys.argv[1],timeout=5);"
+            "sys.stdout.write(str(r.status)+'\\n'+r.read().decode())"
+        )
+
+        def get(path: str) -> tuple[int, str]:
+            out = subprocess.run(
+                ["ip", "netns", "exec", h.netns, str(PYTHON), "-c", fetch, path],
+                capture_output=True,
+                text=True,
+                timeout=20,
+                check=True,
+            ).stdout
+            code, _, body = out.partition("\n")
+            return int(code), body
+
+        code, body = get("healthz")
+        assert code == 200 and body.strip() == "ok"
+        code, text = get("metrics")
+        assert code == 200
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text)
+            for s in fam.samples
+        }
+        assert samples[("k3snoded_k3s_ready", ())] == 1.0
+        assert samples[("k3snoded_role", (("role", "server"),))] == 1.0
+        assert samples[("k3snoded_role", (("role", "agent"),))] == 0.0
+        assert ("k3snoded_k3s_restarts_total", ()) in samples
+        assert TOKEN not in text
+    finally:
+        h.close()
