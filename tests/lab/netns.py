@@ -41,7 +41,7 @@ MAX_MACHINES = 30
 STATE_DIR = Path(os.environ.get("K3SNODED_LAB_STATE", "/run/k3snoded-lab"))
 CLIENT_HOST = 250
 DB_HOST = 240
-_NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,11}$")
+_NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,19}$")
 _counter = itertools.count(1)
 _live: list[Lab] = []
 _live_lock = threading.Lock()
@@ -133,8 +133,16 @@ class Machine:
         return [int(p) for p in ip("netns", "pids", self.netns).split()]
 
     def kill(self, proc: subprocess.Popen[bytes] | int, sig: int = signal.SIGKILL) -> None:
-        """Send sig to one process by PID (a spawned Popen or a pid inside this machine)."""
-        procs.signal_pid(proc if isinstance(proc, int) else proc.pid, sig)
+        """Send sig to one process by PID: one this machine spawned, or one inside its namespace.
+
+        Anything else raises ValueError (the lab never signals processes that are not its own).
+        """
+        pid = proc if isinstance(proc, int) else proc.pid
+        mine = any(p.pid == pid for p in self.procs)
+        inside = procs.pid_netns_inode(pid) == procs.netns_inode(self.netns) is not None
+        if not (mine or inside):
+            raise ValueError(f"pid {pid} is neither spawned by nor inside {self.name}")
+        procs.signal_pid(pid, sig)
 
     def freeze(self, proc: subprocess.Popen[bytes] | int) -> None:
         """SIGSTOP the process: it stays alive but stops answering (state 'T')."""

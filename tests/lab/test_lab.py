@@ -149,6 +149,12 @@ def test_ten_machines_layout_and_all_pairs_tcp(lab_factory: LabFactory) -> None:
         assert "default" not in m.run(["ip", "route"]).stdout
         link = m.run(["ip", "-br", "link", "show", "eth0"]).stdout
         assert m.mac in link and " UP " in link
+    assert (
+        lab.machines[0]
+        .run(["ip", "netns", "exec", lab.switch_ns, "cat", "/proc/net/if_inet6"])
+        .stdout
+        == ""
+    )
     for m in ms:
         serve(m)
     for m in ms:
@@ -286,6 +292,8 @@ def test_freeze_thaw_and_kill(lab_factory: LabFactory) -> None:
     assert wait_state(proc.pid, "S")
     n1.kill(proc, signal.SIGKILL)
     assert proc.wait(timeout=5) == -signal.SIGKILL
+    with pytest.raises(ValueError, match="neither spawned by nor inside"):
+        n1.kill(os.getpid(), 0)  # never a process outside the lab
 
 
 def wait_state(pid: int, state: str, timeout: float = 3.0) -> bool:
