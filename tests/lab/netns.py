@@ -135,12 +135,15 @@ class Machine:
     def kill(self, proc: subprocess.Popen[bytes] | int, sig: int = signal.SIGKILL) -> None:
         """Send sig to one process by PID: one this machine spawned, or one inside its namespace.
 
-        Anything else raises ValueError (the lab never signals processes that are not its own).
+        A pid that no longer exists is ignored; any other pid raises ValueError (the lab never
+        signals processes that are not its own).
         """
         pid = proc if isinstance(proc, int) else proc.pid
         mine = any(p.pid == pid for p in self.procs)
-        inside = procs.pid_netns_inode(pid) == procs.netns_inode(self.netns) is not None
-        if not (mine or inside):
+        where = procs.pid_netns_inode(pid)
+        if where is None and not mine:
+            return  # already gone (e.g. a child that died with its parent): nothing to signal
+        if not (mine or where == procs.netns_inode(self.netns)):
             raise ValueError(f"pid {pid} is neither spawned by nor inside {self.name}")
         procs.signal_pid(pid, sig)
 
