@@ -123,6 +123,7 @@ class VrrpSpeaker:
         self._want_vip = False
         self._holds_vip = False
         self._garp_pending = False
+        self._release_advert = False  # a priority-0 advert waiting for the VIP's removal
         self._garp_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -217,6 +218,7 @@ class VrrpSpeaker:
             try:
                 await nl.ensure_absent(info.index, self.vip)
             finally:
+                self._send_release_advert()
                 self._holds_vip = False
                 self._sock.close()
                 self._garp.close()
@@ -248,6 +250,7 @@ class VrrpSpeaker:
                     if await nl.ensure_absent(index, self.vip):
                         log.info("removed %s from %s", self.vip, self.interface)
                     self._holds_vip = False
+                    self._send_release_advert()
             except VrrpError as exc:
                 self._send_errors.drop("netlink", str(exc))
                 await asyncio.sleep(0.05)
@@ -278,6 +281,11 @@ class VrrpSpeaker:
                 "VRRP %s → %s: %s",
                 before.state.value.upper(), self._state.state.value.upper(), self._state.reason,
             )  # fmt: skip
+        if machine.RemoveVip() in actions and machine.SendAdvert(0) in actions:
+            # Releasing: the priority-0 advert goes out once the VIP is gone, so the backup
+            # that reacts to it never finds the address still here (no double holder).
+            actions = tuple(a for a in actions if a != machine.SendAdvert(0))
+            self._release_advert = True
         for action in actions:
             self._perform(action)
 
@@ -300,6 +308,11 @@ class VrrpSpeaker:
                 self._timer = asyncio.get_running_loop().call_later(d, self._on_timer)
             case machine.CancelTimer():
                 self._cancel_timer()
+
+    def _send_release_advert(self) -> None:
+        if self._release_advert:
+            self._release_advert = False
+            self._send_advert(0)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
