@@ -267,7 +267,12 @@ def orchestrate(runs: int, impls: list[str], scenarios: list[str], json_out: Pat
         for i in range(runs):
             for impl in impls:
                 for sc in scenarios:
-                    run = _one_run(s, impl, sc, i)
+                    try:
+                        run = _one_run(s, impl, sc, i)
+                    except (TimeoutError, OSError, ValueError, subprocess.SubprocessError) as exc:
+                        print(f"run {i + 1}/{runs} {impl} {sc} failed: {exc}", flush=True)
+                        _reset(s)
+                        run = Run(impl, sc, None, 0)
                     results.append(run)
                     shown = f"{run.outage:.3f} s" if run.outage is not None else "no failover"
                     print(f"run {i + 1}/{runs} {impl:7} {sc:8} outage {shown}, "
