@@ -85,11 +85,13 @@ async def _main(args: argparse.Namespace) -> int:
     runner = asyncio.create_task(speaker.run())
     last: SpeakerStatus | None = None
     while not runner.done():
-        if args.status_file is not None:
-            now = speaker.status
-            if now != last:
-                _write_status(args.status_file, now)
-                last = now
+        if args.status_file is None:
+            await asyncio.wait({runner})
+            break
+        now = speaker.status
+        if now != last:
+            _write_status(args.status_file, now)
+            last = now
         await asyncio.wait({runner}, timeout=0.02)
     try:
         runner.result()
