@@ -44,8 +44,9 @@ DB_HOST = 240
 _NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,19}$")
 _counter = itertools.count(1)
 _live: list[Lab] = []
-_live_lock = threading.Lock()
+_live_lock = threading.RLock()  # re-entered by the signal handler
 _signals_installed = False
+_pending_signals: list[int] = []
 
 Stdio = int | IO[Any] | None
 __all__ = [
@@ -380,6 +381,8 @@ class Lab:
             with _live_lock:
                 if self in _live:
                     _live.remove(self)
+            if _pending_signals:
+                _on_sigterm(_pending_signals.pop(), None)
         log.info("lab %s down", self.prefix)
 
     def detach(self) -> None:
@@ -460,6 +463,12 @@ def _cleanup_all() -> None:
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    """Tear every lab down, then die of the signal. During a down(), wait for it to finish."""
+    with _live_lock:
+        busy = any(lab._closing for lab in _live)
+    if busy:
+        _pending_signals.append(signum)  # down() re-delivers it when it is done
+        return
     _cleanup_all()
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)

@@ -403,6 +403,28 @@ def test_signal_cleans_up(sig: int) -> None:
     assert not procs.alive(int(pid))
 
 
+def test_sigterm_during_down_waits_for_it() -> None:
+    script = (
+        "import time; from tests.lab.netns import Lab\n"
+        "lab = Lab(2).up(); lab.stop_grace = 1.0\n"
+        "p = lab.machines[0].spawn(['python3', '-c', 'import signal, time; "
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)'])\n"
+        "time.sleep(0.3); print(lab.prefix, p.pid, flush=True); lab.down(); time.sleep(30)\n"
+    )
+    proc = subprocess.Popen([PY, "-c", script], cwd=REPO, stdout=subprocess.PIPE)
+    try:
+        prefix, pid = wait_line(proc, 10).split()
+        time.sleep(0.3)  # inside down(), waiting for the stubborn process
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=10) == -signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not [ns for ns in list_namespaces() if ns.startswith(prefix + "-")]
+    assert not procs.alive(int(pid))
+
+
 def test_more_than_thirty_refused() -> None:
     with pytest.raises(ValueError, match=r"1\.\.30 machines, not 31: the kernel's ARP table"):
         Lab(31)
