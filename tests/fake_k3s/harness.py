@@ -135,6 +135,7 @@ class TcpProxy:
         self.port = int(self.listener.getsockname()[1])
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
+        self._cut = False
         self._thread = threading.Thread(target=self._accept, daemon=True)
         self._thread.start()
 
@@ -143,6 +144,9 @@ class TcpProxy:
             try:
                 client, _ = self.listener.accept()
             except OSError:
+                return
+            if self._cut:
+                client.close()
                 return
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
@@ -167,6 +171,9 @@ class TcpProxy:
 
     def cut(self) -> None:
         """Close the listener and every proxied connection."""
+        self._cut = True
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
         self.listener.close()
         with self._lock:
             for c in self._conns:

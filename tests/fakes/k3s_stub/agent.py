@@ -14,6 +14,7 @@ from tests.fakes.k3s_stub import COMMIT, VERSION, logs, node, process, tokens
 from tests.fakes.k3s_stub.configfile import data_dir
 from tests.fakes.k3s_stub.flags import Args
 from tests.fakes.k3s_stub.loadbalancer import NAME, LoadBalancer
+from tests.fakes.k3s_stub.validate import token_text
 
 VALIDATE_INTERVAL = 2.0
 CONFIG_INTERVAL = 5.0
@@ -24,33 +25,13 @@ class AgentError(Exception):
     """One failed step of the join; logged and retried."""
 
 
-def _token_text(args: Args) -> str:
-    text = args.get_str("token")
-    if args.get_str("token-file"):
-        try:
-            text = tokens.read_token_file(args.get_str("token-file"))
-        except OSError as exc:
-            logs.fatal(f"failed to read token file: {exc}")
-    return text
-
-
-def validate_agent(args: Args) -> None:
-    if not _token_text(args):
-        logs.fatal("--token is required")
-    server = args.get_str("server")
-    if not server:
-        logs.fatal("--server is required")
-    if urllib.parse.urlsplit(server).scheme != "https":
-        logs.fatal(f"only https:// URLs are supported, invalid scheme: {server}")
-
-
 class Agent:
     def __init__(self, args: Args, shutdown: process.Shutdown) -> None:
         self.args = args
         self.shutdown = shutdown
         self.server_url = args.get_str("server").rstrip("/")
         try:
-            self.token = tokens.parse(_token_text(args))
+            self.token = tokens.parse(token_text(args))
         except tokens.TokenError as exc:
             logs.fatal(str(exc))
         self.agent_dir = Path(data_dir(args)) / "agent"

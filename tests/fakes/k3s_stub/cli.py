@@ -7,7 +7,16 @@ import os
 import sys
 from collections.abc import Sequence
 
-from tests.fakes.k3s_stub import COMMIT, GO_VERSION, VERSION, configfile, flags, knobs, logs
+from tests.fakes.k3s_stub import (
+    COMMIT,
+    GO_VERSION,
+    VERSION,
+    configfile,
+    flags,
+    knobs,
+    logs,
+    validate,
+)
 from tests.fakes.k3s_stub.process import Shutdown, set_title, take_notify_socket
 
 APP_HELP = """NAME:
@@ -65,14 +74,12 @@ async def _run(command: str, args: flags.Args) -> None:
     crash = knobs.crash_after()
     crasher = asyncio.create_task(_crash_later(crash)) if crash > 0 else None
     if command == "server":
-        from tests.fakes.k3s_stub.server import Server, validate
+        from tests.fakes.k3s_stub.server import Server
 
-        validate(args)
         await Server(args, shutdown).run()
     else:
-        from tests.fakes.k3s_stub.agent import Agent, validate_agent
+        from tests.fakes.k3s_stub.agent import Agent
 
-        validate_agent(args)
         await Agent(args, shutdown).run()
     if crasher is not None:
         crasher.cancel()
@@ -98,6 +105,10 @@ def main(argv: Sequence[str]) -> int:
     knobs.load(rest)
     args = _parse(command, rest)
     logs.set_debug(args.get_bool("debug"))
+    if command == "server":
+        validate.validate_server(args)
+    else:
+        validate.validate_agent(args)
     take_notify_socket()
     set_title(command)
     asyncio.run(_run(command, args))

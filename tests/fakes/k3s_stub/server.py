@@ -12,7 +12,17 @@ from pathlib import Path
 
 from aiohttp import web
 
-from tests.fakes.k3s_stub import COMMIT, VERSION, bootstrap, knobs, logs, node, process, tokens
+from tests.fakes.k3s_stub import (
+    COMMIT,
+    VERSION,
+    bootstrap,
+    drivers,
+    knobs,
+    logs,
+    node,
+    process,
+    tokens,
+)
 from tests.fakes.k3s_stub.configfile import data_dir, rooted
 from tests.fakes.k3s_stub.datastore import Store
 from tests.fakes.k3s_stub.drivers import Fatal
@@ -24,26 +34,6 @@ from tests.fakes.k3s_stub.tls import KUBERNETES_NAMES, SERVICE_IP, ensure_cas, i
 LEASE_PREFIX = "/registry/masterleases/"
 LEASE_TTL = 15.0
 NODE_PASSWORD_KEY = "/registry/secrets/kube-system/{}.node-password.k3s"
-
-
-def validate(args: Args) -> None:
-    """The flag checks of pkg/cli/server/server.go (fatal, exit 1)."""
-    endpoint = args.get_str("datastore-endpoint")
-    if args.get_str("cluster-reset-restore-path") and not args.get_bool("cluster-reset"):
-        logs.fatal("invalid flag use; --cluster-reset required with --cluster-reset-restore-path")
-    if args.get_bool("disable-apiserver") and endpoint:
-        logs.fatal("invalid flag use; cannot use --disable-apiserver with --datastore-endpoint")
-    if args.get_bool("disable-etcd") and endpoint:
-        logs.fatal("invalid flag use; cannot use --disable-etcd with --datastore-endpoint")
-    if args.get_bool("disable-etcd") and not args.get_str("server"):
-        logs.fatal("invalid flag use; --server is required with --disable-etcd")
-    if args.get_bool("cluster-reset") and args.get_str("server"):
-        logs.fatal(
-            "cannot perform cluster-reset while server URL is set - remove server from "
-            "configuration before resetting"
-        )
-    if os.geteuid() != 0 and not (args.get_bool("rootless") or args.get_bool("disable-agent")):
-        logs.fatal("server must run as root, or with --rootless and/or --disable-agent")
 
 
 def _password(args: Args, server_dir: Path, flag: str) -> str:
@@ -194,7 +184,8 @@ class Server:
                 now = time.monotonic()
                 if self.loss_since is None:
                     self.loss_since = now
-                err = str(exc) or type(exc).__name__
+                assert self.store is not None
+                err = drivers.error_text(self.store.ep, exc) or type(exc).__name__
                 logs.klog(
                     "E",
                     "leaderelection.go:436",
@@ -223,6 +214,7 @@ class Server:
         self.store = await self._open_datastore()
         if self.shutdown.event.is_set():
             return
+        tokens.write_passwd(self.server_dir, password, agent_pw or password)
         await self._bootstrap(self.store, password)
         tokens.write_passwd(self.server_dir, password, agent_pw or password)
         serving = issue_serving(self.server_dir, self._sans())
