@@ -1,0 +1,309 @@
+"""Installing k3s itself: a pinned release from a mirror, or a local file on airgapped machines.
+
+``ensure_k3s(spec, binary)`` returns the path of an executable k3s. A binary already there is
+used as is (upgrading k3s is an operator's decision). A missing one is, with ``k3s.install:
+auto``, downloaded for the pinned version from the release mirror, or copied from
+``airgap_file``, and verified against the release's sha256 list **before** it can run: it is
+written to a 0600 temporary file beside the final path, hashed while written, compared,
+made 0755 and only then renamed into place atomically. A mismatch raises ``InstallError``
+naming the expected and actual digests, and the bad file is deleted.
+
+Mirror layout (``mirror`` is a base URL; ``{version}`` and ``{version_dashed}`` may appear in
+it, otherwise ``/<version>`` is appended):
+
+* GitHub releases (the default): ``<mirror>/v1.31.4+k3s1/k3s`` and ``.../sha256sum-amd64.txt``;
+* the mirror for users in China that k3s's installer uses with ``INSTALL_K3S_MIRROR=cn``:
+  ``https://rancher-mirror.rancher.cn/k3s/v1.31.4-k3s1/k3s`` (``+`` becomes ``-``), i.e.
+  ``mirror: "https://rancher-mirror.rancher.cn/k3s/{version_dashed}"`` (``CN_MIRROR``).
+
+Assets per architecture: ``k3s`` (amd64), ``k3s-arm64``, ``k3s-armhf``, ``k3s-s390x``; the list
+is ``sha256sum-<arch>.txt`` with ``<hex>  <asset>`` lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import hashlib
+import logging
+import os
+import platform
+import re
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, TypeVar
+
+import aiohttp
+
+from k3snoded.errors import InstallError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+DEFAULT_VERSION = "v1.31.4+k3s1"
+GITHUB_MIRROR = "https://github.com/k3s-io/k3s/releases/download"
+CN_MIRROR = "https://rancher-mirror.rancher.cn/k3s/{version_dashed}"
+MAX_BINARY_BYTES = 512 * 1024 * 1024  # k3s is ~70 MB; bounds a runaway or hostile response
+MAX_LIST_BYTES = 1024 * 1024
+_CHUNK = 256 * 1024
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_MACHINE_TO_ARCH = {
+    "x86_64": "amd64",
+    "amd64": "amd64",
+    "aarch64": "arm64",
+    "arm64": "arm64",
+    "armv7l": "armhf",
+    "armv7": "armhf",
+    "armhf": "armhf",
+    "arm": "armhf",
+    "s390x": "s390x",
+}
+
+
+class InstallMode(enum.Enum):
+    NONE = "none"  # k3s must already be at k3s.binary
+    AUTO = "auto"  # download (or copy from airgap_file) when missing
+
+
+@dataclass(frozen=True)
+class InstallSpec:
+    """How to obtain k3s when the binary is missing (``k3s.install`` and friends in the config)."""
+
+    mode: InstallMode = InstallMode.NONE
+    version: str = DEFAULT_VERSION
+    mirror: str = GITHUB_MIRROR
+    airgap_file: Path | None = None  # a local k3s binary (airgapped machines)
+    airgap_sha256_file: Path | None = None  # a local sha256sum-<arch>.txt to verify it against
+    arch: str = ""  # "" = this machine's: amd64, arm64, armhf, s390x
+    attempts: int = 3  # per URL; 4xx answers are not retried
+    retry_delay: float = 2.0  # seconds, doubled after each failed attempt
+    connect_timeout: float = 15.0
+    read_timeout: float = 60.0  # longest silence while reading
+    total_timeout: float = 900.0  # one whole attempt
+
+
+def machine_arch(machine: str | None = None) -> str:
+    """k3s's name for this machine's architecture (``uname -m`` → amd64, arm64, armhf, s390x)."""
+    m = (machine if machine is not None else platform.machine()).lower()
+    try:
+        return _MACHINE_TO_ARCH[m]
+    except KeyError:
+        raise InstallError(f"k3s is not released for this machine's architecture {m!r}") from None
+
+
+def asset_name(arch: str) -> str:
+    """The release asset of the k3s binary for ``arch``: ``k3s`` for amd64, else ``k3s-<arch>``."""
+    return "k3s" if arch == "amd64" else f"k3s-{arch}"
+
+
+def release_url(mirror: str, version: str, name: str) -> str:
+    """The URL of one release asset (see the module docstring for the layouts)."""
+    base = mirror.rstrip("/")
+    if "{version}" in base or "{version_dashed}" in base:
+        base = base.replace("{version_dashed}", version.replace("+", "-"))
+        base = base.replace("{version}", version)
+    else:
+        base = f"{base}/{version}"
+    return f"{base}/{name}"
+
+
+def expected_digest(checksums: str, name: str, source: str) -> str:
+    """The sha256 for ``name`` in a ``sha256sum`` list; InstallError when it has no such line."""
+    for line in checksums.splitlines():
+        parts = line.split()
+        if len(parts) != 2:
+            continue
+        digest, file = parts[0].lower(), parts[1].lstrip("*")
+        if file == name:
+            if not _SHA256.match(digest):
+                raise InstallError(f"{source}: the line for {name} has no valid sha256: {line!r}")
+            return digest
+    raise InstallError(f"{source} has no sha256 line for {name}; refusing to install it unverified")
+
+
+async def ensure_k3s(spec: InstallSpec, binary: Path) -> Path:
+    """Return ``binary`` once it is an executable k3s, installing a verified one if allowed.
+
+    Raises InstallError when the binary is missing and ``spec.mode`` is NONE, when the
+    download fails after ``spec.attempts`` tries (or at once on a 4xx answer), when a checksum
+    list has no line for the asset, or when the digest does not match. Nothing is left at
+    ``binary`` after a failure.
+    """
+    if await asyncio.to_thread(_executable, binary):
+        log.debug("k3s is at %s", binary)
+        return binary
+    if spec.mode is InstallMode.NONE:
+        raise InstallError(
+            f"k3s is not installed at {binary} (or is not executable) and k3s.install is 'none'; "
+            "install k3s there or set k3s.install: auto"
+        )
+    arch = spec.arch or machine_arch()
+    name = asset_name(arch)
+    list_name = f"sha256sum-{arch}.txt"
+    if spec.airgap_file is not None:
+        await _install_airgap(spec, binary, name, list_name)
+    else:
+        await _install_download(spec, binary, name, list_name)
+    return binary
+
+
+async def _install_airgap(spec: InstallSpec, binary: Path, name: str, list_name: str) -> None:
+    src = spec.airgap_file
+    assert src is not None
+    if not src.is_file():
+        raise InstallError(f"k3s.airgap_file {src} does not exist")
+    expected: str | None = None
+    if spec.airgap_sha256_file is not None:
+        try:
+            text = await asyncio.to_thread(spec.airgap_sha256_file.read_text)
+        except OSError as exc:
+            raise InstallError(f"cannot read {spec.airgap_sha256_file}: {exc}") from exc
+        # An airgap bundle keeps the release's names; a list naming the file itself also works.
+        try:
+            expected = expected_digest(text, name, str(spec.airgap_sha256_file))
+        except InstallError:
+            expected = expected_digest(text, src.name, str(spec.airgap_sha256_file))
+    else:
+        log.warning("installing k3s from %s without a sha256 list: it is not verified", src)
+    with _staged(binary) as (tmp, out):
+        digest = await asyncio.to_thread(_copy_hashing, src, out)
+        _verify(expected, digest, str(src))
+        await asyncio.to_thread(_commit, tmp, out, binary)
+    log.info("installed k3s from %s at %s (sha256 %s)", src, binary, digest)
+
+
+async def _install_download(spec: InstallSpec, binary: Path, name: str, list_name: str) -> None:
+    list_url = release_url(spec.mirror, spec.version, list_name)
+    url = release_url(spec.mirror, spec.version, name)
+    timeout = aiohttp.ClientTimeout(
+        total=spec.total_timeout, sock_connect=spec.connect_timeout, sock_read=spec.read_timeout
+    )
+    async with aiohttp.ClientSession(timeout=timeout, trust_env=True) as session:
+        raw = await _retrying(spec, list_url, lambda: _fetch_small(session, list_url))
+        expected = expected_digest(raw.decode("utf-8", "replace"), name, list_url)
+        log.info("downloading k3s %s from %s", spec.version, url)
+        with _staged(binary) as (tmp, out):
+            digest = await _retrying(spec, url, lambda: _fetch_to(session, url, out))
+            _verify(expected, digest, url)
+            await asyncio.to_thread(_commit, tmp, out, binary)
+    log.info("installed k3s %s at %s (sha256 %s)", spec.version, binary, digest)
+
+
+class _Permanent(Exception):
+    """A failure that retrying cannot fix (a 4xx answer, a response over the size bound)."""
+
+
+async def _retrying(spec: InstallSpec, url: str, attempt: Callable[[], Awaitable[T]]) -> T:
+    delay = spec.retry_delay
+    tries = max(1, spec.attempts)
+    for n in range(1, tries + 1):
+        try:
+            return await attempt()
+        except _Permanent as exc:
+            raise InstallError(f"cannot download {url}: {exc}") from exc
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            reason = str(exc) or type(exc).__name__
+            if n == tries:
+                raise InstallError(
+                    f"cannot download {url} after {tries} attempt(s): {reason}"
+                ) from exc
+            log.warning("download of %s failed (attempt %s of %s): %s", url, n, tries, reason)
+            await asyncio.sleep(delay)
+            delay *= 2
+    raise AssertionError("unreachable")
+
+
+@contextlib.asynccontextmanager
+async def _get(session: aiohttp.ClientSession, url: str) -> AsyncIterator[aiohttp.ClientResponse]:
+    async with session.get(url) as resp:
+        if 400 <= resp.status < 500:
+            raise _Permanent(f"HTTP {resp.status} {resp.reason or ''}".strip())
+        resp.raise_for_status()  # 5xx: ClientResponseError, retried
+        yield resp
+
+
+async def _fetch_small(session: aiohttp.ClientSession, url: str) -> bytes:
+    async with _get(session, url) as resp:
+        data = await resp.content.read(MAX_LIST_BYTES + 1)
+        if len(data) > MAX_LIST_BYTES:
+            raise _Permanent(f"the checksum list is larger than {MAX_LIST_BYTES} bytes")
+        return data
+
+
+async def _fetch_to(session: aiohttp.ClientSession, url: str, out: BinaryIO) -> str:
+    """Stream ``url`` into ``out`` (truncated first, so a retry starts clean); return its sha256."""
+    await asyncio.to_thread(_rewind, out)
+    h = hashlib.sha256()
+    size = 0
+    async with _get(session, url) as resp:
+        async for chunk in resp.content.iter_chunked(_CHUNK):
+            size += len(chunk)
+            if size > MAX_BINARY_BYTES:
+                raise _Permanent(f"the response is larger than {MAX_BINARY_BYTES} bytes")
+            h.update(chunk)
+            await asyncio.to_thread(out.write, chunk)
+    return h.hexdigest()
+
+
+def _executable(binary: Path) -> bool:
+    """True for an executable regular file; InstallError for something else in the way."""
+    if binary.is_file():
+        return os.access(binary, os.X_OK)
+    if binary.exists():
+        raise InstallError(f"{binary} exists but is not a regular file")
+    return False
+
+
+def _verify(expected: str | None, actual: str, source: str) -> None:
+    if expected is not None and actual != expected:
+        raise InstallError(
+            f"checksum mismatch for {source}: expected sha256 {expected}, got {actual}; "
+            "the file was discarded"
+        )
+
+
+@contextlib.contextmanager
+def _staged(binary: Path) -> Iterator[tuple[Path, BinaryIO]]:
+    """A 0600 temporary file beside ``binary``; removed unless ``_commit`` renamed it."""
+    try:
+        binary.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=binary.parent, prefix=f".{binary.name}.download.")
+    except OSError as exc:
+        raise InstallError(f"cannot write beside {binary}: {exc}") from exc
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "w+b") as out:
+            yield tmp, out
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def _rewind(out: BinaryIO) -> None:
+    out.seek(0)
+    out.truncate()
+
+
+def _copy_hashing(src: Path, out: BinaryIO) -> str:
+    h = hashlib.sha256()
+    with src.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+            out.write(chunk)
+    return h.hexdigest()
+
+
+def _commit(tmp: Path, out: BinaryIO, binary: Path) -> None:
+    """Make the verified file durable and executable, then rename it over ``binary``."""
+    out.flush()
+    os.fsync(out.fileno())
+    os.fchmod(out.fileno(), 0o755)
+    os.replace(tmp, binary)
+    dirfd = os.open(binary.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dirfd)
+    finally:
+        os.close(dirfd)

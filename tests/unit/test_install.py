@@ -1,0 +1,78 @@
+"""Pure parts of k3s installation: architectures, asset names, mirror layouts, checksum lists."""
+
+from __future__ import annotations
+
+import pytest
+
+from k3snoded.errors import InstallError
+from k3snoded.install import (
+    CN_MIRROR,
+    GITHUB_MIRROR,
+    asset_name,
+    expected_digest,
+    machine_arch,
+    release_url,
+)
+
+A = "a" * 64
+B = "b" * 64
+
+
+@pytest.mark.parametrize(
+    ("machine", "arch", "asset"),
+    [
+        ("x86_64", "amd64", "k3s"),
+        ("aarch64", "arm64", "k3s-arm64"),
+        ("armv7l", "armhf", "k3s-armhf"),
+        ("s390x", "s390x", "k3s-s390x"),
+    ],
+)
+def test_machine_arch_and_asset(machine: str, arch: str, asset: str) -> None:
+    assert machine_arch(machine) == arch
+    assert asset_name(arch) == asset
+
+
+def test_unknown_architecture_is_refused() -> None:
+    with pytest.raises(InstallError, match="mips"):
+        machine_arch("mips")
+
+
+def test_github_layout_keeps_the_plus() -> None:
+    assert release_url(GITHUB_MIRROR, "v1.31.4+k3s1", "sha256sum-amd64.txt") == (
+        "https://github.com/k3s-io/k3s/releases/download/v1.31.4+k3s1/sha256sum-amd64.txt"
+    )
+
+
+def test_cn_mirror_layout_dashes_the_version() -> None:
+    # k3s-install.sh with INSTALL_K3S_MIRROR=cn logs
+    # "Downloading binary rancher-mirror.rancher.cn/k3s/v1.27.4-k3s1/k3s".
+    assert release_url(CN_MIRROR, "v1.27.4+k3s1", "k3s") == (
+        "https://rancher-mirror.rancher.cn/k3s/v1.27.4-k3s1/k3s"
+    )
+
+
+def test_mirror_with_trailing_slash_and_explicit_version() -> None:
+    assert (
+        release_url("http://m.example/k3s/", "v1+k3s1", "k3s") == "http://m.example/k3s/v1+k3s1/k3s"
+    )
+    assert release_url("http://m/{version}/bin", "v1+k3s1", "k3s") == "http://m/v1+k3s1/bin/k3s"
+
+
+def test_expected_digest_picks_the_exact_name() -> None:
+    text = f"{B}  k3s-airgap-images-amd64.tar\n{A}  k3s\n{B} *k3s-arm64\n"
+    assert expected_digest(text, "k3s", "list") == A
+    assert expected_digest(text, "k3s-arm64", "list") == B
+
+
+def test_expected_digest_upper_case_is_accepted() -> None:
+    assert expected_digest(f"{A.upper()}  k3s\n", "k3s", "list") == A
+
+
+def test_missing_line_is_refused() -> None:
+    with pytest.raises(InstallError, match="has no sha256 line for k3s"):
+        expected_digest(f"{A}  k3s-arm64\n", "k3s", "list")
+
+
+def test_malformed_digest_is_refused() -> None:
+    with pytest.raises(InstallError, match="no valid sha256"):
+        expected_digest("deadbeef  k3s\n", "k3s", "list")
