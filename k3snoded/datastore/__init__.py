@@ -79,16 +79,10 @@ def open_datastore(
             raise EndpointError(
                 "the embedded SQLite datastore needs a file for k3snoded's tables (sqlite_path)"
             )
-        return SqlDatastore(SqliteDialect(_with_path(ep, str(path)), timeout), timeout)
+        return SqlDatastore(SqliteDialect(ep.with_path(str(path)), timeout), timeout)
     kind = "etcd" if ep.backend is Backend.ETCD else ep.scheme
     raise EndpointError(
         f"datastore endpoint {ep.redacted()}: k3snoded cannot coordinate through {kind} yet "
         "(not supported for coordination); use MySQL/MariaDB or PostgreSQL, "
         "or SQLite for a single server"
     )
-
-
-def _with_path(ep: Endpoint, path: str) -> Endpoint:
-    import dataclasses
-
-    return dataclasses.replace(ep, path=path)

@@ -122,6 +122,9 @@ class Datastore(abc.ABC):
 
         One conditional statement whose row count is the answer: succeeds (True) when the lease
         is free, expired, or already held by ``holder``; otherwise changes nothing (False).
+        The expiry is the statement's start on the database clock + ``ttl``, which is after the
+        call was made: a holder may count on the lease until (its monotonic time just before
+        the call) + ``ttl``, and must act as if it lost it when a renewal fails until then.
         """
 
     @abc.abstractmethod

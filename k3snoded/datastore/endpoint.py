@@ -22,6 +22,7 @@ Errors are ``EndpointError`` (a ``ValueError``); no message ever contains the pa
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import urllib.parse
 from dataclasses import dataclass, field
@@ -128,6 +129,9 @@ class Endpoint:
     def with_address(self, host: str, port: int) -> Endpoint:
         return _replace(self, host=host, port=port, unix_socket="")
 
+    def with_path(self, path: str) -> Endpoint:
+        return _replace(self, path=path)
+
     def mysql_ssl(self) -> dict[str, str]:
         """The TLS files as PyMySQL's ``ssl`` mapping (``ca``/``cert``/``key``); empty: no TLS."""
         return {
@@ -170,8 +174,6 @@ class Endpoint:
 
 
 def _replace(ep: Endpoint, **changes: object) -> Endpoint:
-    import dataclasses
-
     return dataclasses.replace(ep, **changes)  # type: ignore[arg-type]
 
 

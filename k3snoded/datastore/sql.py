@@ -228,7 +228,7 @@ class SqlDatastore(Datastore):
             int(rec.eligible),
             rec.role.value,
             int(rec.ready),
-            rec.k3s_version,
+            rec.k3s_version[:64],  # the column's width; informational only
         )
 
     async def heartbeat(self, rec: MemberRecord) -> None:

@@ -7,6 +7,7 @@ dropped afterwards), and ``target.open()`` builds datastores on it that are clos
 from __future__ import annotations
 
 import os
+import socket
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -19,8 +20,9 @@ import pymysql
 import pytest
 
 from k3snoded.config import CoordinationConfig, DatastoreConfig
-from k3snoded.datastore import Datastore, open_datastore
+from k3snoded.datastore import Datastore, MemberRecord, open_datastore
 from k3snoded.datastore.endpoint import Endpoint, parse_endpoint
+from k3snoded.model import Role, RolePreference
 
 
 def fresh_name() -> str:
@@ -148,3 +150,39 @@ async def target(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
         for ds in t.stores:
             await ds.close()
         t.drop_all()
+
+
+def record(name: str, **kw: object) -> MemberRecord:
+    """A member record with test defaults."""
+    fields: dict[str, object] = {
+        "name": name,
+        "address": f"198.18.0.{len(name)}",
+        "api_port": 6480,
+        "preference": RolePreference.AUTO,
+        "eligible": True,
+        "role": Role.NONE,
+        "ready": False,
+    }
+    fields.update(kw)
+    return MemberRecord(**fields)  # type: ignore[arg-type]
+
+
+async def ready(target: Target) -> Datastore:
+    """A datastore on the test's database, preflighted and with the schema in place."""
+    ds = target.open()
+    await ds.preflight()
+    await ds.ensure_schema()
+    return ds
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+def no_sqlite(target: Target) -> None:
+    if target.is_sqlite:
+        pytest.skip("SQLite is a local file: no server, credentials or network")

@@ -1,144 +1,19 @@
 """The datastore contract (k3snoded/datastore/base.py), one suite run unchanged against SQLite,
-MariaDB and PostgreSQL (the `target` fixture)."""
+MariaDB and PostgreSQL (the `target` fixture): schema, heartbeats, leases, flags."""
 
 from __future__ import annotations
 
 import asyncio
-import datetime
-import logging
-import socket
-import time
-from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
-from k3snoded.datastore import COORDINATOR_LEASE, Datastore, MemberRecord, prepare, schema
+from k3snoded.datastore import COORDINATOR_LEASE, schema
 from k3snoded.datastore.schema import LATEST, MEMBERS, VERSION_TABLE
-from k3snoded.errors import DatastoreError, DatastoreRejected, DatastoreUnavailable
+from k3snoded.errors import DatastoreError
 from k3snoded.model import Role, RolePreference
-from tests.contract.conftest import Target, fresh_name
-from tests.contract.proxy import Proxy
+from tests.contract.conftest import Target, ready, record
 
 pytestmark = pytest.mark.db
-
-
-def record(name: str, **kw: object) -> MemberRecord:
-    fields: dict[str, object] = {
-        "name": name,
-        "address": f"198.18.0.{len(name)}",
-        "api_port": 6480,
-        "preference": RolePreference.AUTO,
-        "eligible": True,
-        "role": Role.NONE,
-        "ready": False,
-    }
-    fields.update(kw)
-    return MemberRecord(**fields)  # type: ignore[arg-type]
-
-
-async def ready(target: Target) -> Datastore:
-    ds = target.open()
-    await ds.preflight()
-    await ds.ensure_schema()
-    return ds
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
-
-
-def no_sqlite(target: Target) -> None:
-    if target.is_sqlite:
-        pytest.skip("SQLite is a local file: no server, credentials or network")
-
-
-# --- preflight ---------------------------------------------------------------------------------
-
-
-async def test_preflight_ok(target: Target) -> None:
-    ds = target.open()
-    await ds.preflight()
-    if not target.is_sqlite:
-        addr = f"{target.base.host}:{target.base.port}"
-        assert ds.description == f"{target.backend} {addr}/{target.database}"
-
-
-async def test_preflight_closed_port_is_unavailable_quickly(target: Target) -> None:
-    no_sqlite(target)
-    port = free_port()
-    ds = target.open(target.endpoint(host="127.0.0.1", port=port), retry_timeout=1.0)
-    started = time.monotonic()
-    with pytest.raises(DatastoreUnavailable) as info:
-        await ds.preflight()
-    assert time.monotonic() - started < 3.0
-    assert f"127.0.0.1:{port}" in str(info.value)
-
-
-async def test_preflight_wrong_password_is_rejected_naming_auth(target: Target) -> None:
-    no_sqlite(target)
-    secret = "not-the-password-9f3b"
-    ds = target.open(target.endpoint(password=secret))
-    with pytest.raises(DatastoreRejected, match="authentication failed") as info:
-        await ds.preflight()
-    assert secret not in str(info.value)
-    assert f"{target.base.host}:{target.base.port}" in str(info.value)
-
-
-async def test_preflight_creates_a_missing_database(target: Target) -> None:
-    name = fresh_name() if not target.is_sqlite else target.database
-    if not target.is_sqlite:
-        target.created.append(name)  # dropped at teardown
-        assert not target.database_exists(name)
-    ds = target.open(target.endpoint(database=name))
-    await ds.preflight()
-    await ds.ensure_schema()
-    assert target.database_exists(name)
-    assert await ds.members() == []
-
-
-def self_signed_ca(directory: Path) -> Path:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "k3snoded test CA")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    path = directory / "ca.pem"
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return path
-
-
-async def test_preflight_tls_configured_but_not_possible_is_rejected(
-    target: Target, tmp_path: Path
-) -> None:
-    no_sqlite(target)
-    # The shared servers run without TLS: a configured CA must not fall back to plain text.
-    # (no sslmode in the URL: kine's rule makes it verify-full when TLS files are given)
-    ds = target.open(target.endpoint(sslmode=None), ca_file=self_signed_ca(tmp_path))
-    with pytest.raises(DatastoreRejected, match="TLS"):
-        await ds.preflight()
-
-
-async def test_preflight_missing_tls_file_is_rejected(target: Target, tmp_path: Path) -> None:
-    no_sqlite(target)
-    ds = target.open(target.endpoint(sslmode=None), ca_file=tmp_path / "absent.pem")
-    with pytest.raises(DatastoreRejected, match=r"TLS|certificate"):
-        await ds.preflight()
 
 
 # --- schema ------------------------------------------------------------------------------------
@@ -336,82 +211,3 @@ async def test_close_is_idempotent_and_final(target: Target) -> None:
     await ds.close()
     with pytest.raises(DatastoreError, match="closed"):
         await ds.members()
-
-
-# --- outages (through a proxy we can cut; the shared servers keep running) ----------------------
-
-
-async def test_connection_cut_then_transparent_recovery(target: Target) -> None:
-    no_sqlite(target)
-    proxy = await Proxy(target.base.host, target.base.port).start()
-    try:
-        ds = target.open(target.endpoint(host="127.0.0.1", port=proxy.port), retry_timeout=1.0)
-        await ds.preflight()
-        await ds.ensure_schema()
-        await ds.heartbeat(record("n1"))
-
-        await proxy.cut()
-        started = time.monotonic()
-        with pytest.raises(DatastoreUnavailable, match=f"127.0.0.1:{proxy.port}"):
-            await ds.heartbeat(record("n1"))
-        with pytest.raises(DatastoreUnavailable):  # still down: refused
-            await ds.members()
-        assert time.monotonic() - started < 6.0
-
-        await proxy.restore()
-        await ds.heartbeat(record("n1", ready=True))  # reconnects by itself
-        (row,) = await ds.members()
-        assert row.member.ready
-    finally:
-        await proxy.close()
-
-
-async def test_hung_server_times_out_then_recovers(target: Target) -> None:
-    no_sqlite(target)
-    proxy = await Proxy(target.base.host, target.base.port).start()
-    try:
-        ds = target.open(target.endpoint(host="127.0.0.1", port=proxy.port), retry_timeout=1.0)
-        await ds.preflight()
-        await ds.ensure_schema()
-
-        proxy.freeze()  # connections stay open, nothing is forwarded
-        started = time.monotonic()
-        with pytest.raises(DatastoreUnavailable):
-            await ds.try_lease(COORDINATOR_LEASE, "n1", 10)
-        elapsed = time.monotonic() - started
-        assert elapsed < 5.0  # budget 2 x retry_timeout + 0.5 s: well below a 10 s lease
-
-        await proxy.restore()
-        assert await ds.try_lease(COORDINATOR_LEASE, "n1", 10)
-    finally:
-        await proxy.close()
-
-
-async def test_prepare_waits_for_a_datastore_that_boots_later(
-    target: Target, caplog: pytest.LogCaptureFixture
-) -> None:
-    no_sqlite(target)
-    proxy = await Proxy(target.base.host, target.base.port).start()
-    try:
-        await proxy.cut()  # the datastore is "not booted yet": connections refused
-        ds = target.open(target.endpoint(host="127.0.0.1", port=proxy.port), retry_timeout=1.0)
-        caplog.set_level(logging.DEBUG, logger="k3snoded.datastore")
-        task = asyncio.create_task(prepare(ds, first_delay=0.05, max_delay=0.1))
-        await asyncio.sleep(0.6)
-        assert not task.done()
-        await proxy.restore()
-        failures = await asyncio.wait_for(task, 10)
-        assert failures >= 2
-        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-        assert len(warnings) == 1  # a repeated failure is logged once, then quietly
-        assert f"127.0.0.1:{proxy.port}" in warnings[0].getMessage()
-        await ds.heartbeat(record("n1"))
-    finally:
-        await proxy.close()
-
-
-async def test_prepare_gives_up_at_the_deadline(target: Target) -> None:
-    no_sqlite(target)
-    ds = target.open(target.endpoint(host="127.0.0.1", port=free_port()), retry_timeout=1.0)
-    with pytest.raises(DatastoreUnavailable):
-        await prepare(ds, first_delay=0.05, deadline=time.monotonic() + 0.3)
