@@ -86,7 +86,7 @@ class PeerApi:
 
     def install(self, app: web.Application) -> None:
         """Add ``GET /v1/peers`` to ``app`` (before the app starts)."""
-        app.router.add_get(PEERS_PATH, self.signed(self._handle_peers))
+        app.router.add_get(PEERS_PATH, self.signed(self.handle_peers))
 
     def signed(self, handler: Handler) -> Handler:
         """Wrap a handler: verify the request's signature, then sign its answer."""
@@ -144,7 +144,8 @@ class PeerApi:
                 self._on_caller(caller)
         return None
 
-    async def _handle_peers(self, request: web.Request) -> web.Response:
+    async def handle_peers(self, request: web.Request) -> web.Response:
+        """The unsigned handler; mount it through ``signed()`` (``install`` does)."""
         problem = self._learn_caller(request)
         if problem is not None:
             return web.Response(status=400, text=f"{problem}\n")
@@ -159,6 +160,19 @@ class PeerApi:
         }
         body = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
         return web.Response(body=body, content_type="application/json")
+
+
+def peer_routes(
+    key: bytes,
+    cluster: str,
+    peers_provider: Callable[[], Sequence[Peer]],
+    local_provider: Callable[[], Peer],
+) -> web.RouteTableDef:
+    """``GET /v1/peers`` as a route table, for ``app.add_routes``; see :class:`PeerApi`."""
+    api = PeerApi(key, cluster, peers_provider, local_provider)
+    routes = web.RouteTableDef()
+    routes.get(PEERS_PATH)(api.signed(api.handle_peers))
+    return routes
 
 
 def base_url(url: str) -> str:

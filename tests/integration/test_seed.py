@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
-from k3snoded.discovery.peer_api import PEERS_PATH, PeerApi, base_url, fetch_peers
+from k3snoded.discovery.peer_api import PEERS_PATH, PeerApi, base_url, fetch_peers, peer_routes
 from k3snoded.discovery.seed import SeedDiscovery
 from k3snoded.discovery.signing import derive_key, new_nonce, sign_request, sign_response
 from k3snoded.errors import AuthenticationError
@@ -301,3 +301,13 @@ async def test_self_description_is_covered_by_the_signature(serve: Serve) -> Non
     ):
         assert resp.status == 401
     assert api.callers() == {}
+
+
+async def test_peer_routes_table(serve: Serve) -> None:
+    app = web.Application()
+    app.add_routes(peer_routes(KEY, "lab", lambda: [N2], lambda: N1))
+    url = await serve(app)
+    async with aiohttp.ClientSession() as session:
+        assert await fetch_peers(session, url, KEY, "lab") == [N1, N2]
+        with pytest.raises(AuthenticationError, match="refused by the seed"):
+            await fetch_peers(session, url, derive_key("x", "lab"), "lab")
