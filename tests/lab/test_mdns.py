@@ -230,3 +230,32 @@ def test_resigning_keeps_records_fresh_for_late_joiners(
         a.stop()
         if b is not None:
             b.stop()
+
+
+NO_ADDRESS = r"""
+import asyncio
+from k3snoded.discovery.mdns import MdnsDiscovery
+from k3snoded.discovery.signing import derive_key
+from k3snoded.model import Peer
+
+async def main():
+    mdns = MdnsDiscovery(derive_key("t", "lab"), "lab", "198.18.0.77")
+    try:
+        await asyncio.wait_for(mdns.start(Peer("n1", "lab", ("198.18.0.77",), 6480)), 10)
+        print("started")
+    except OSError as exc:
+        print("OSError", exc.errno)
+    await mdns.close()
+    await mdns.close()  # idempotent
+    print("closed")
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.lab
+def test_start_without_the_address_raises_oserror(lab_factory: LabFactory) -> None:
+    """The daemon starts discovery again once the address exists; nothing is left behind."""
+    (n1,) = lab_factory(1).machines
+    res = n1.run([sys.executable, "-c", NO_ADDRESS], env={"PYTHONPATH": str(ROOT)}, timeout=60)
+    assert res.stdout.split() == ["OSError", "19", "closed"], res.stderr
