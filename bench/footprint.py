@@ -1,0 +1,132 @@
+"""Resident memory and idle CPU of a running k3snoded, beside keepalived measured in the same run.
+
+k3snoded runs as a server of a one-machine fleet on PostgreSQL (heartbeats, coordinator lease,
+the VRRP speaker at its default 0.1 s advert, mDNS, the peer API), with the stand-in k3s ready.
+keepalived (VRRPv3, the same 0.1 s advert, a different VRID) runs in a second machine of the same
+lab. Both are sampled from /proc over the same window. Target: ≤ 40 MB RSS, ≤ 0.5 % of a core.
+
+    .venv/bin/python bench/footprint.py [--seconds 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.lab import dbs, keepalived
+from tests.lab.fleet import Fleet
+from tests.lab.netns import Lab
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def private_mb(pid: int) -> tuple[float, float]:
+    """(PSS, USS) in MB from smaps_rollup: shared libraries counted proportionally / not at all."""
+    pss = uss = 0
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key == "Pss":
+            pss = int(rest.split()[0])
+        elif key in ("Private_Clean", "Private_Dirty"):
+            uss += int(rest.split()[0])
+    return pss / 1024, uss / 1024
+
+
+def sample(pids: list[int], seconds: float) -> tuple[float, float, float, float]:
+    """(peak summed RSS MB, CPU % of one core, PSS MB, USS MB at the end) over the window."""
+    start = {p: cpu_seconds(p) for p in pids}
+    t0 = time.monotonic()
+    peak = 0.0
+    while time.monotonic() - t0 < seconds:
+        peak = max(peak, sum(rss_mb(p) for p in pids))
+        time.sleep(1.0)
+    elapsed = time.monotonic() - t0
+    used = sum(cpu_seconds(p) - start[p] for p in pids)
+    pss = sum(private_mb(p)[0] for p in pids)
+    uss = sum(private_mb(p)[1] for p in pids)
+    return peak, 100.0 * used / elapsed, pss, uss
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=60.0)
+    args = ap.parse_args()
+    with Lab(2, with_db=True) as lab:
+        lab.up()
+        db = dbs.start(lab, "postgres")
+        fleet = Fleet(lab, endpoint=db.endpoint, eligible=1, agents=0, servers=1)
+        fleet.start_all()
+        fleet.wait(fleet.converged, timeout=60, what="the server ready")
+        node = fleet.nodes[0]
+        assert node.proc is not None
+        ka = keepalived.start(
+            lab.machines[1],
+            keepalived.VrrpConfig(vip="198.18.0.200/24", vrid=52, priority=150, advert_int=0.1),
+        )
+        ka_pids = [ka.pid, ka.vrrp_pid()]
+        status = node.status() or {}
+        k3s_pid = status.get("k3s", {}).get("pid")
+        time.sleep(3)  # let start-up settle: we measure the idle steady state
+        print(f"sampling {args.seconds:.0f} s of steady state ...", flush=True)
+        import threading
+
+        results: dict[str, tuple[float, float, float, float]] = {}
+
+        def run(name: str, pids: list[int]) -> None:
+            results[name] = sample(pids, args.seconds)
+
+        threads = [
+            threading.Thread(target=run, args=("k3snoded", [node.proc.pid])),
+            threading.Thread(target=run, args=("keepalived", ka_pids)),
+        ]
+        if k3s_pid:
+            threads.append(threading.Thread(target=run, args=("stand-in k3s", [k3s_pid])))
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        ka.stop()
+    d_rss, d_cpu, d_pss, d_uss = results["k3snoded"]
+    k_rss, k_cpu, k_pss, k_uss = results["keepalived"]
+    print(
+        f"footprint k3snoded  : RSS {d_rss:6.1f} MB (PSS {d_pss:.1f}, USS {d_uss:.1f})  "
+        f"CPU {d_cpu:5.2f} % of a core"
+    )
+    print(
+        f"footprint keepalived: RSS {k_rss:6.1f} MB (PSS {k_pss:.1f}, USS {k_uss:.1f})  "
+        f"CPU {k_cpu:5.2f} % of a core (2 processes, baseline)"
+    )
+    if "stand-in k3s" in results:
+        s_rss, s_cpu, _, _ = results["stand-in k3s"]
+        print(f"(stand-in k3s, for context: RSS {s_rss:.1f} MB, CPU {s_cpu:.2f} %)")
+    print(
+        f"ratio k3snoded/keepalived: RSS {d_rss / max(k_rss, 0.01):.1f}x, "
+        f"CPU {d_cpu / max(k_cpu, 0.001):.1f}x"
+    )
+    ok_rss, ok_cpu = d_rss <= 40.0, d_cpu <= 0.5
+    print(
+        f"target RSS <= 40 MB: {'met' if ok_rss else 'MISSED'}; "
+        f"target CPU <= 0.5 %: {'met' if ok_cpu else 'MISSED'}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
