@@ -183,3 +183,24 @@ async def test_prepare_gives_up_at_the_deadline(target: Target) -> None:
     ds = target.open(target.endpoint(host="127.0.0.1", port=free_port()), retry_timeout=1.0)
     with pytest.raises(DatastoreUnavailable):
         await prepare(ds, first_delay=0.05, deadline=time.monotonic() + 0.3)
+
+
+async def test_missing_database_that_cannot_be_created_is_rejected(target: Target) -> None:
+    if target.backend != "mysql":
+        pytest.skip("needs a user without CREATE: only the MariaDB k3s user may create users")
+    user, secret, missing = fresh_name(), "pw-" + fresh_name(), fresh_name()
+    admin = target.base.database
+    target.query(f"CREATE USER '{user}'@'%' IDENTIFIED BY '{secret}'", database=admin)
+    try:
+        ep = target.endpoint(database=missing).replace(
+            f"{target.base.user}:{target.base.password}@", f"{user}:{secret}@"
+        )
+        ds = target.open(ep)
+        # (MariaDB answers 1044 "access denied to database" for a database an unprivileged
+        # user may not see, existing or not; either way it is a rejection naming the database)
+        with pytest.raises(DatastoreRejected, match=r"denied|may not create it") as info:
+            await ds.preflight()
+        assert secret not in str(info.value) and missing in str(info.value)
+        assert not target.database_exists(missing)
+    finally:
+        target.query(f"DROP USER IF EXISTS '{user}'@'%'", database=admin)

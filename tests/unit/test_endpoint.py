@@ -218,3 +218,14 @@ def test_fuzz_parser_returns_a_value_or_a_clean_error(text: str) -> None:
     ep.postgres_params()
     if ep.password and ep.backend in (Backend.MYSQL, Backend.POSTGRES):
         assert ":***@" in ep.redacted()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_pieces | st.text(max_size=4), max_size=12).map("".join))
+def test_fuzz_open_datastore_builds_or_refuses_cleanly(text: str) -> None:
+    cfg = DatastoreConfig(endpoint=text)
+    try:
+        ds = open_datastore(cfg, CoordinationConfig(), sqlite_path=Path("/nonexistent/k3snoded.db"))
+    except EndpointError:
+        return
+    assert ds.statements == 0  # built without any I/O
