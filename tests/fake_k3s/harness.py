@@ -211,6 +211,8 @@ class Node:
             ip,
             "--bind-address",
             ip,
+            "--node-name",
+            self.root.name,
             *extra,
         ]
 

@@ -193,7 +193,7 @@ class LoadBalancer:
                 if active is not None and not self.health.get(active, True):
                     preferred = [a for a in self.candidates() if self.health.get(a, False)]
                     self._switch(preferred[0] if preferred else None, "failed health check")
-                elif active is not None and active == self.default:
+                elif active == self.default and active not in self.addresses:
                     better = [a for a in self.addresses if a != active and self.health.get(a)]
                     if better:
                         self._switch(better[0], "successful health check")
