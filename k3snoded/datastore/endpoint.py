@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import re
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from pathlib import Path
 from k3snoded.errors import K3snodedError
 
 DEFAULT_DATABASE = "kubernetes"
+_SCHEME = re.compile(r"[a-z][a-z0-9+.-]{0,19}")  # shown in messages only when it looks like one
 MYSQL_PORT = 3306
 POSTGRES_PORT = 5432
 MYSQL_DEFAULT_SOCKET = "/var/run/mysqld/mysqld.sock"
@@ -204,7 +206,8 @@ def parse_endpoint(
         return Endpoint(Backend.ETCD, scheme, urls=tuple(_strip_auth(u) for u in urls), tls=tls)
     if scheme in ("nats", "jetstream", "litestream", "t4"):
         return Endpoint(Backend.OTHER, scheme, tls=tls)
-    raise EndpointError(f"unknown datastore driver {scheme!r} in the endpoint")
+    shown = f" {scheme!r}" if _SCHEME.fullmatch(scheme) else ""
+    raise EndpointError(f"unknown datastore driver{shown} in the endpoint")
 
 
 def _strip_auth(url: str) -> str:
@@ -223,8 +226,8 @@ def _query(query: str) -> tuple[tuple[str, str], ...]:
         return ()
     try:
         pairs = urllib.parse.parse_qsl(query, keep_blank_values=True, strict_parsing=True)
-    except ValueError as e:
-        raise EndpointError(f"invalid parameters in the datastore endpoint: {e}") from None
+    except ValueError:
+        raise EndpointError("invalid parameters in the datastore endpoint") from None
     return tuple(pairs)
 
 
@@ -264,9 +267,11 @@ def _parse_mysql(dsn: str, tls: TlsFiles) -> Endpoint:
     if net == "unix":
         return _replace(ep, unix_socket=addr or "/tmp/mysql.sock")
     if net != "tcp":
+        # go-sql-driver says "default addr for network 'host:3306' unknown"; the text is not
+        # echoed here because a mistyped endpoint may have the password in that place.
         raise EndpointError(
-            f"invalid MySQL endpoint: default addr for network {net!r} unknown "
-            "(write the address as tcp(host:port))"
+            "invalid MySQL endpoint: default addr for network unknown "
+            "(write the address as tcp(host:port), e.g. user:pass@tcp(10.0.0.5:3306)/k3s)"
         )
     host, port = _host_port(addr or "127.0.0.1", MYSQL_PORT)
     return _replace(ep, host=host, port=port)

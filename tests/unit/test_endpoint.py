@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -89,7 +91,7 @@ def test_parse(text: str, expected: dict[str, object]) -> None:
 
 BAD = [
     ("k3s:k3s@tcp(h:3306)/db", "endpoint should be a DSN URI"),
-    ("mysql://u:p@h:3306/db", "default addr for network 'h:3306' unknown"),
+    ("mysql://u:p@h:3306/db", r"default addr for network unknown \(write the address as tcp"),
     ("mysql://u:p@tcp(h:3306/db", "address not closed"),
     ("mysql://u:p@tcp(h:99999)/db", "bad port"),
     ("mysql://u:p@tcp(h)", "missing the slash"),
@@ -229,3 +231,64 @@ def test_fuzz_open_datastore_builds_or_refuses_cleanly(text: str) -> None:
     except EndpointError:
         return
     assert ds.statements == 0  # built without any I/O
+
+
+SECRET = "S3cr3tToken"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(
+        [
+            "mysql://u:{pw}@tcp(h:3306)/d",
+            "mysql://u:{pw}/d",
+            "postgres://u:{pw}@h/d",
+            "{pw}@mysql://x",
+            "u:{pw}@host:3306/db",
+            "postgres://u:{pw}@h:1,h:2/d",
+            "mysql://u:{pw}@tcp(h:99999)/d",
+            "postgres://u:{pw}@h/d?a&b",
+        ]
+    ),
+    st.lists(_pieces | st.text(max_size=3), max_size=4).map("".join),
+    st.lists(_pieces | st.text(max_size=3), max_size=4).map("".join),
+)
+def test_fuzz_errors_never_contain_the_password(template: str, before: str, after: str) -> None:
+    text = template.format(pw=f"{before}{SECRET}{after}")
+    try:
+        ep = parse_endpoint(text)
+    except EndpointError as e:
+        assert SECRET not in str(e)
+        return
+    if ep.password and SECRET in ep.password:
+        assert SECRET not in ep.redacted()
+
+
+def test_drivers_are_imported_only_for_the_backend_in_use() -> None:
+    # A MySQL install without psycopg2 (and vice versa) must work: block one driver entirely.
+    code = """
+import sys
+sys.modules["psycopg2"] = None
+from k3snoded.config import CoordinationConfig, DatastoreConfig
+from k3snoded.datastore import open_datastore
+ds = open_datastore(DatastoreConfig("mysql://u:p@tcp(127.0.0.1:9)/d"), CoordinationConfig())
+assert type(ds).__name__ == "SqlDatastore"
+assert "pymysql" in sys.modules
+sys.modules["pymysql"] = None
+del sys.modules["k3snoded.datastore.mysql"]
+try:
+    open_datastore(DatastoreConfig("mysql://u:p@tcp(127.0.0.1:9)/d"), CoordinationConfig())
+except ImportError:
+    print("ok")
+"""
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
