@@ -35,11 +35,7 @@ class PeerBook:
         key = derive_key(read_token(cfg.cluster.token_file), cfg.cluster.name)
         self._key = key
         self.api = PeerApi(key, cfg.cluster.name, self.peers, local)
-        self.seeds = (
-            SeedDiscovery(cfg.discovery.seeds, key, cfg.cluster.name, local_name=cfg.node.name)
-            if cfg.discovery.seeds
-            else None
-        )
+        self.seeds: SeedDiscovery | None = None
         self.mdns: MdnsDiscovery | None = None
         self._announced: Peer | None = None
 
@@ -47,7 +43,11 @@ class PeerBook:
         self.api.install(app)
 
     async def run(self) -> None:
-        if self.seeds is not None:
+        self._announced = self._local()
+        if self.cfg.discovery.seeds:
+            self.seeds = SeedDiscovery(
+                self.cfg.discovery.seeds, self._key, self.cfg.cluster.name, local=self._announced
+            )
             await self.seeds.start()
         if self.cfg.discovery.mdns and self.cfg.node.address:
             from k3snoded.discovery.mdns import MdnsDiscovery
@@ -57,14 +57,17 @@ class PeerBook:
                 cluster=self.cfg.cluster.name,
                 address=self.cfg.node.address,
             )
-            self._announced = self._local()
             await self.mdns.start(self._announced)
         while True:
             await asyncio.sleep(REANNOUNCE_CHECK)
             now = self._local()
-            if self.mdns is not None and now != self._announced:
-                self._announced = now
+            if now == self._announced:
+                continue
+            self._announced = now
+            if self.mdns is not None:
                 await self.mdns.update(now)
+            if self.seeds is not None:
+                self.seeds.update(now)
 
     async def close(self) -> None:
         if self.mdns is not None:

@@ -81,6 +81,8 @@ class FleetNode:
         if self.agent_only:
             node["node"]["role"] = "agent"
             node["datastore"] = {"endpoint": ""}
+            if not self.fleet.agents_know_registration:
+                node["registration"] = {"address": None}  # unset: learn it from peers
         (etc / "config.d" / "50-machine.yaml").write_text(yaml.safe_dump(node))
 
     def start(self) -> None:
@@ -148,6 +150,7 @@ class Fleet:
         seeds: Sequence[str] = (),
         fake_env: Mapping[str, str] | None = None,
         extra: Mapping[str, Any] | None = None,
+        agents_know_registration: bool = True,
     ) -> None:
         if eligible + agents > len(lab.machines):
             raise ValueError("not enough machines in the lab")
@@ -159,6 +162,7 @@ class Fleet:
         self.seeds = list(seeds)
         self.fake_env = dict(fake_env or {})
         self.extra = dict(extra or {})
+        self.agents_know_registration = agents_know_registration
         self.workdir = lab.workdir / "fleet"
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.token_file = self.workdir / "token"

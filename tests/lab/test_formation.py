@@ -85,3 +85,29 @@ def test_fleet_forms_with_one_bootstrap(lab_factory: LabFactory, kind: Any, serv
     fleet.start_all()
     st2 = fleet.wait(fleet.converged, timeout=90, what="fleet back after restart")
     assert _roles(st2) == roles
+
+
+def test_seed_only_fleet_and_agents_learn_the_registration_address(
+    lab_factory: LabFactory,
+) -> None:
+    """mDNS off; every machine lists n1's peer API as its seed. The agent-only machines'
+    config has no registration address: they learn it from the signed seed answers."""
+    lab = lab_factory(5, with_db=True)
+    db = dbs.start(lab, "postgres")
+    fleet = Fleet(
+        lab,
+        endpoint=db.endpoint,
+        eligible=3,
+        agents=2,
+        servers=2,
+        mdns=False,
+        seeds=["http://198.18.0.11:6480"],
+        agents_know_registration=False,
+    )
+    fleet.start_all()
+    st = fleet.wait(fleet.converged, timeout=90, what="seed-only fleet converged")
+    for agent in ("n4", "n5"):
+        s = st[agent]
+        assert s is not None
+        assert s["node"]["role"] == "agent"
+        assert s["registration"] == VIP
