@@ -1,0 +1,188 @@
+"""The built .deb and .rpm: metadata, contents, lint, scriptlets and dependencies."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.packaging.conftest import REPO, Built, need_tools
+
+pytestmark = pytest.mark.timeout(900)
+
+
+def run(*argv: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, check=False, capture_output=True, text=True, timeout=timeout)
+
+
+def deb_field(deb: Path, name: str) -> str:
+    return run("dpkg-deb", "-f", str(deb), name).stdout.strip()
+
+
+def deb_listing(deb: Path) -> dict[str, str]:
+    """path -> permission string, from `dpkg-deb -c`."""
+    out: dict[str, str] = {}
+    for line in run("dpkg-deb", "-c", str(deb)).stdout.splitlines():
+        parts = line.split()
+        path = parts[5].removeprefix(".")
+        out[path.rstrip("/") or "/"] = parts[0]
+    return out
+
+
+# -- .deb -------------------------------------------------------------------------------------
+
+
+def test_deb_control(built: Built) -> None:
+    assert deb_field(built.deb, "Package") == "k3snoded"
+    assert deb_field(built.deb, "Version") == built.version
+    depends = deb_field(built.deb, "Depends")
+    for dep in ("python3.11", "python3 (>= 3.11)", "libc6", "libsystemd0", "iproute2"):
+        assert dep in depends
+    assert deb_field(built.deb, "Architecture") != "all"  # the venv holds C extensions
+
+
+def test_deb_contents(built: Built) -> None:
+    files = deb_listing(built.deb)
+    assert files["/usr/bin/k3snoded"].startswith("-rwxr-xr-x")
+    assert files["/lib/systemd/system/k3snoded.service"].startswith("-rw-r--r--")
+    assert files["/etc/k3snoded/config.yaml.example"].startswith("-rw-r--r--")
+    assert files["/etc/default/k3snoded"].startswith("-rw-r--r--")
+    assert files["/etc/k3snoded"] == "drwx------"
+    assert files["/var/lib/k3snoded"] == "drwx------"
+    assert "/opt/k3snoded/pyvenv.cfg" in files
+    assert "/usr/share/doc/k3snoded/copyright" in files
+    assert "/usr/share/lintian/overrides/k3snoded" in files
+    assert any(p.startswith("/opt/k3snoded/lib/python3.11/site-packages/k3snoded/") for p in files)
+    # Never shipped: the operator's own files.
+    assert "/etc/k3snoded/config.yaml" not in files
+    assert "/etc/k3snoded/token" not in files
+    # The venv is sealed: no installer, no console scripts but the interpreter links.
+    assert not any("/site-packages/pip/" in p for p in files)
+    assert sorted(p for p in files if p.startswith("/opt/k3snoded/bin/")) == [
+        "/opt/k3snoded/bin/python",
+        "/opt/k3snoded/bin/python3",
+        "/opt/k3snoded/bin/python3.11",
+    ]
+
+
+def test_deb_conffiles(built: Built) -> None:
+    conffiles = run("dpkg-deb", "-I", str(built.deb), "conffiles").stdout.split()
+    assert conffiles == ["/etc/k3snoded/config.yaml.example", "/etc/default/k3snoded"]
+
+
+def test_deb_ships_the_repository_files(built: Built, tmp_path: Path) -> None:
+    run("dpkg-deb", "-x", str(built.deb), str(tmp_path))
+    unit = tmp_path / "lib/systemd/system/k3snoded.service"
+    assert unit.read_text() == (REPO / "systemd/k3snoded.service").read_text()
+    example = REPO / "etc/config.example.yaml"
+    if example.exists():
+        assert (tmp_path / "etc/k3snoded/config.yaml.example").read_bytes() == example.read_bytes()
+    venv = tmp_path / "opt/k3snoded"
+    assert "/opt/k3snoded" in (venv / "pyvenv.cfg").read_text()
+    assert (venv / "bin/python3.11").readlink() == Path("/usr/bin/python3.11")
+
+
+def test_lintian_reports_no_errors(built: Built) -> None:
+    need_tools("lintian")
+    proc = run("lintian", "--fail-on", "error", "--tag-display-limit", "0", str(built.deb))
+    errors = [line for line in proc.stdout.splitlines() if line.startswith("E:")]
+    assert errors == [], proc.stdout
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # Every override is still needed (an unused one would hide nothing and mislead).
+    assert "unused-override" not in proc.stdout
+
+
+# -- .rpm -------------------------------------------------------------------------------------
+
+
+def rpm_q(rpm: Path, *query: str) -> str:
+    proc = run("rpm", "-qp", *query, str(rpm))
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_rpmlint_reports_no_errors(built: Built) -> None:
+    need_tools("rpmlint")
+    proc = run("rpmlint", "-r", str(REPO / "packaging/rpmlintrc"), str(built.rpm))
+    assert " 0 errors" in proc.stdout, proc.stdout
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_rpm_contents(built: Built) -> None:
+    files = set(rpm_q(built.rpm, "-l").split())
+    for path in (
+        "/usr/bin/k3snoded",
+        "/usr/lib/systemd/system/k3snoded.service",
+        "/etc/k3snoded",
+        "/etc/k3snoded/config.yaml.example",
+        "/etc/sysconfig/k3snoded",
+        "/var/lib/k3snoded",
+        "/opt/k3snoded/pyvenv.cfg",
+        "/opt/k3snoded/bin/python3.11",
+    ):
+        assert path in files, path
+    assert "/etc/k3snoded/config.yaml" not in files
+    configs = set(rpm_q(built.rpm, "-c").split())
+    assert configs == {"/etc/k3snoded/config.yaml.example", "/etc/sysconfig/k3snoded"}
+    # %config(noreplace): flag 'n' in the file flags.
+    flags = rpm_q(built.rpm, "--queryformat", "[%{FILENAMES} %{FILEFLAGS:fflags}\n]")
+    for conf in configs:
+        line = next(ln for ln in flags.splitlines() if ln.startswith(conf + " "))
+        assert "c" in line.split()[1] and "n" in line.split()[1], line
+    modes = rpm_q(built.rpm, "--queryformat", "[%{FILENAMES} %{FILEMODES:perms}\n]")
+    assert "/var/lib/k3snoded drwx------" in modes.splitlines()
+    assert "/etc/k3snoded drwx------" in modes.splitlines()
+
+
+def test_rpm_dependencies(built: Built) -> None:
+    requires = {line.split()[0] for line in rpm_q(built.rpm, "-R").splitlines() if line}
+    assert "/usr/bin/python3.11" in requires
+    assert "iproute" in requires
+    assert "libsystemd.so.0()(64bit)" in requires
+    # No automatic scan: nothing like python3.11dist(...) or the bundled libraries' sonames.
+    assert not any("dist(" in r or "libpq" in r for r in requires), requires
+
+
+def scriptlets(rpm: Path) -> dict[str, str]:
+    """{'postinstall': body, 'preuninstall': body, ...} from `rpm -qp --scripts`."""
+    parts = re.split(r"^(\w+) scriptlet \(using [^)]*\):\n", rpm_q(rpm, "--scripts"), flags=re.M)
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
+
+
+def test_rpm_scriptlets(built: Built) -> None:
+    s = scriptlets(built.rpm)
+    assert set(s) == {"postinstall", "preuninstall", "postuninstall"}
+    # The commands only: comments and the operator hints (echo) may name anything.
+    code = {
+        name: "\n".join(
+            ln for ln in text.splitlines() if "echo" not in ln and not ln.lstrip().startswith("#")
+        )
+        for name, text in s.items()
+    }
+    post, preun, postun = code["postinstall"], code["preuninstall"], code["postuninstall"]
+    # Never started, enabled or restarted by the package.
+    for text in code.values():
+        assert "restart" not in text
+        assert "start" not in text.replace("--now", "")
+        assert "enable" not in text
+    assert "daemon-reload" in post
+    # Stop (and disable) only on erase ($1 == 0), never on upgrade.
+    assert '[ "$1" -eq 0 ]' in preun
+    assert "disable --now k3snoded.service" in preun
+    assert '[ "$1" -eq 0 ]' in postun
+    assert "/var/lib/k3snoded" not in postun  # rpm has no purge: erase keeps the state
+
+
+def test_rpm_scriptlets_run(built: Built, tmp_path: Path) -> None:
+    """The scriptlets are valid sh and succeed for install (1), upgrade (2) and erase (0)."""
+    if Path("/run/systemd/system").is_dir():
+        pytest.skip("systemd runs here: the erase scriptlet would act on this machine")
+    for name, body in scriptlets(built.rpm).items():
+        script = tmp_path / f"{name}.sh"
+        script.write_text(body)
+        for arg in ("1", "2", "0"):
+            proc = run("sh", "-e", str(script), arg)
+            assert proc.returncode == 0, f"{name} {arg}: {proc.stderr}"
+            assert proc.stderr == "", f"{name} {arg}: {proc.stderr}"
