@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
@@ -122,10 +123,12 @@ class Session:
         limit = budget if budget is not None else self.budget
         async with self._lock:
             loop = asyncio.get_running_loop()
-            future = loop.run_in_executor(self._executor, self._call, fn, connect)
+            abandoned = threading.Event()
+            future = loop.run_in_executor(self._executor, self._call, fn, connect, abandoned)
             try:
                 return await asyncio.wait_for(future, limit)
             except TimeoutError:
+                abandoned.set()  # still connecting: do not run the statement after all
                 conn = self._conn
                 if conn is not None:
                     self.connector.abort(conn)
@@ -141,12 +144,16 @@ class Session:
 
         return await self.run(plain, budget, connect=False)
 
-    def _call(self, fn: Callable[[CountingCursor], T], connect: bool = True) -> T:
+    def _call(
+        self, fn: Callable[[CountingCursor], T], connect: bool, abandoned: threading.Event
+    ) -> T:
         try:
             if not connect:
                 return fn(CountingCursor(None, self))
             if self._conn is None:
                 self._conn = self.connector.connect()
+            if abandoned.is_set():
+                raise DatastoreUnavailable(f"{self.label}: call abandoned after its deadline")
             raw = self._conn.cursor()
             cur = CountingCursor(raw, self)
             try:
