@@ -18,6 +18,7 @@ from k3snoded.errors import DatastoreError, DatastoreRejected, DatastoreUnavaila
 
 _AUTH = {1045, 1698, 1251}  # access denied, auth plugin, client does not support auth
 _NO_DB_ACCESS = {1044}
+_DENIED = {1142, 1227}  # command denied on a table; missing privilege
 _UNKNOWN_DB = 1049
 _TLS = {2026}  # SSL connection error
 # Negotiation or verification failures in a "can't connect" (2003) message; a TLS connection
@@ -115,6 +116,8 @@ class MysqlDialect(Dialect):
             )
         if code in _NO_DB_ACCESS:
             return DatastoreRejected(f"{where}: access to the database denied ({code}: {msg})")
+        if code in _DENIED:
+            return DatastoreRejected(f"{where}: permission denied ({code}: {msg})")
         if code == _UNKNOWN_DB:
             return MissingDatabase(f"{where}: database does not exist ({code}: {msg})")
         if code in _TLS or (code == 2003 and any(w in msg.lower() for w in _TLS_FAILURES)):

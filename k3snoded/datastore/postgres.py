@@ -119,6 +119,8 @@ class PostgresDialect(Dialect):
             return DatastoreRejected(
                 f"{where}: authentication failed for user {self.endpoint.user!r}: {msg}"
             )
+        if code == "42501":
+            return DatastoreRejected(f"{where}: permission denied: {msg}")
         if code == "3D000" or ("database" in low and "does not exist" in low):
             return MissingDatabase(f"{where}: database does not exist: {msg}")
         if any(w in low for w in _BROKEN):
