@@ -122,46 +122,54 @@ class Netlink:
         """Whether the VIP's address is on the interface (any prefix length)."""
         return any(a.ip == vip.ip for a in await self.addresses(index))
 
-    async def ensure_present(
-        self, index: int, vip: IPv4Interface, lifetime: int | None = None
-    ) -> bool:
-        """Add the VIP unless it is there; True if this call added it.
+    async def put(self, index: int, vip: IPv4Interface, lifetime: int | None = None) -> None:
+        """Make the VIP present: one idempotent netlink ``replace`` (creates or updates).
 
-        With ``lifetime`` (seconds), the address is (re)written with that valid and preferred
-        lifetime on every call: the kernel deletes it by itself unless it is refreshed in time,
-        so a holder that is SIGKILLed or frozen does not keep the address for ever.
+        With ``lifetime`` (seconds), the address gets that valid and preferred lifetime on
+        every call: the kernel deletes it by itself unless it is refreshed in time, so a
+        holder that is SIGKILLed or frozen does not keep the address for ever.
         """
-        present = await self.holds(index, vip)
-        if present and lifetime is None:
-            return False
         extra = {} if lifetime is None else {"valid_lft": lifetime, "preferred_lft": lifetime}
-        command = "add" if lifetime is None else "replace"
         try:
             await self._r.addr(
-                command,
+                "replace",
                 index=index,
                 address=str(vip.ip),
                 prefixlen=vip.network.prefixlen,
                 **extra,
             )
         except NetlinkError as exc:
-            if exc.code == errno.EEXIST:
-                return False
             raise VrrpError(f"cannot add {vip} to interface {index}: {exc}") from exc
+
+    async def ensure_present(
+        self, index: int, vip: IPv4Interface, lifetime: int | None = None
+    ) -> bool:
+        """Add the VIP unless it is there (refreshing its lifetime); True if this call added it."""
+        present = await self.holds(index, vip)
+        await self.put(index, vip, lifetime)
         return not present
 
+    async def _delete(self, index: int, addr: IPv4Interface) -> bool:
+        try:
+            await self._r.addr(
+                "del", index=index, address=str(addr.ip), prefixlen=addr.network.prefixlen
+            )
+        except NetlinkError as exc:
+            if exc.code == errno.EADDRNOTAVAIL:
+                return False
+            raise VrrpError(f"cannot remove {addr} from interface {index}: {exc}") from exc
+        return True
+
     async def ensure_absent(self, index: int, vip: IPv4Interface) -> bool:
-        """Remove the VIP (whatever its prefix length) if it is there; True if removed."""
+        """Remove the VIP (whatever its prefix length) if it is there; True if removed.
+
+        The usual case costs one request: delete with the VIP's own prefix. Only when that
+        finds nothing are the addresses listed, for a copy with another prefix length.
+        """
+        if await self._delete(index, vip):
+            return True
         removed = False
         for addr in await self.addresses(index):
-            if addr.ip != vip.ip:
-                continue
-            try:
-                await self._r.addr(
-                    "del", index=index, address=str(addr.ip), prefixlen=addr.network.prefixlen
-                )
-                removed = True
-            except NetlinkError as exc:
-                if exc.code != errno.EADDRNOTAVAIL:
-                    raise VrrpError(f"cannot remove {addr} from interface {index}: {exc}") from exc
+            if addr.ip == vip.ip:
+                removed = await self._delete(index, addr) or removed
         return removed

@@ -238,7 +238,8 @@ class VrrpSpeaker:
             want = self._want_vip
             try:
                 if want:
-                    if await nl.ensure_present(index, self.vip, self._lifetime):
+                    await nl.put(index, self.vip, self._lifetime)
+                    if not self._holds_vip:
                         log.info("added %s to %s", self.vip, self.interface)
                     self._holds_vip = True
                     if self._garp_pending and self._want_vip:
