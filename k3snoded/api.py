@@ -41,6 +41,7 @@ class ApiServer:
         healthy: Callable[[], bool],
         listen: str = "",
         peer_setup: Iterable[Callable[[web.Application], None]] = (),
+        leave: Callable[[], None] | None = None,
     ) -> None:
         self._socket_path = socket_path
         self._status = status
@@ -48,12 +49,14 @@ class ApiServer:
         self._healthy = healthy
         self._listen = listen
         self._peer_setup = list(peer_setup)
+        self._leave = leave
         self._runners: list[web.AppRunner] = []
 
     async def start(self) -> None:
         local = web.Application()
         local.router.add_get("/v1/status", self._get_status)
         local.router.add_get("/metrics", self._get_metrics)
+        local.router.add_post("/v1/leave", self._post_leave)
         runner = web.AppRunner(local, access_log=None)
         await runner.setup()
         self._runners.append(runner)
@@ -89,6 +92,12 @@ class ApiServer:
     async def _get_status(self, _: web.Request) -> web.Response:
         return web.json_response(self._status(), dumps=lambda o: json.dumps(o, sort_keys=True))
 
+    async def _post_leave(self, _: web.Request) -> web.Response:
+        if self._leave is None:
+            return web.json_response({"error": "leave is not supported"}, status=501)
+        self._leave()
+        return web.json_response({"leaving": True}, status=202)
+
     async def _get_metrics(self, _: web.Request) -> web.Response:
         return web.Response(text=self._metrics(), content_type="text/plain", charset="utf-8")
 
@@ -97,16 +106,25 @@ class ApiServer:
         return web.Response(status=200 if ok else 503, text="ok\n" if ok else "unhealthy\n")
 
 
-async def fetch_status(socket_path: Path, limit: float = 5.0) -> dict[str, Any]:
-    """Read ``/v1/status`` from a running daemon over its unix socket."""
+async def _local_call(socket_path: Path, method: str, path: str, limit: float) -> dict[str, Any]:
     connector = aiohttp.UnixConnector(path=str(socket_path))
     async with aiohttp.ClientSession(
         connector=connector, timeout=aiohttp.ClientTimeout(total=limit)
     ) as session:
         try:
-            async with session.get("http://k3snoded/v1/status") as resp:
+            async with session.request(method, f"http://k3snoded{path}") as resp:
                 resp.raise_for_status()
                 data: dict[str, Any] = await resp.json()
                 return data
         except aiohttp.ClientError as err:
             raise OSError(str(err)) from err
+
+
+async def fetch_status(socket_path: Path, limit: float = 5.0) -> dict[str, Any]:
+    """Read ``/v1/status`` from a running daemon over its unix socket."""
+    return await _local_call(socket_path, "GET", "/v1/status", limit)
+
+
+async def request_leave(socket_path: Path, limit: float = 5.0) -> dict[str, Any]:
+    """Ask the daemon to hand over and leave the fleet (``k3snoded leave``)."""
+    return await _local_call(socket_path, "POST", "/v1/leave", limit)

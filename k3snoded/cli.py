@@ -39,6 +39,11 @@ def _parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="show this node and the fleet")
     with_config(st)
     st.add_argument("--json", action="store_true", help="print the status as JSON")
+    lv = sub.add_parser(
+        "leave", help="hand this machine's role over to the fleet, then stop its k3s"
+    )
+    with_config(lv)
+    lv.add_argument("--timeout", type=float, default=600.0, help="seconds to wait (600)")
     tok = sub.add_parser("token", help="cluster token tools")
     toksub = tok.add_subparsers(dest="token_command", metavar="ACTION")
     gen = toksub.add_parser("generate", help="print (or write) a new strong random token")
@@ -70,6 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EX_OK
         if args.command == "status":
             return _status(_load(args.config), as_json=args.json)
+        if args.command == "leave":
+            return _leave(_load(args.config), args.timeout)
         if args.command == "token" and args.token_command == "generate":  # noqa: S105
             return _token_generate(args.output)
     except ConfigError as err:
@@ -97,6 +104,39 @@ def _status(cfg: Config, *, as_json: bool) -> int:
     else:
         print(describe_status(status))
     return EX_OK
+
+
+def _leave(cfg: Config, timeout: float) -> int:
+    import time
+
+    from k3snoded.api import fetch_status, request_leave
+
+    try:
+        asyncio.run(request_leave(cfg.socket_path))
+    except OSError as err:
+        print(f"k3snoded: cannot reach the daemon at {cfg.socket_path}: {err}", file=sys.stderr)
+        return EX_UNAVAILABLE
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            status = asyncio.run(fetch_status(cfg.socket_path))
+        except OSError as err:
+            print(f"k3snoded: lost the daemon while leaving: {err}", file=sys.stderr)
+            return EX_FAILURE
+        line = str(status.get("decision", ""))
+        if line != last:
+            print(line)
+            last = line
+        done = status.get("leaving") == "left" or (
+            "leaving" not in status and status["node"]["role"] == "none"
+        )
+        if done and not status["k3s"]["pid"]:
+            print("left the fleet; now stop and disable the unit: systemctl disable --now k3snoded")
+            return EX_OK
+        time.sleep(1.0)
+    print(f"k3snoded: still handing over after {timeout:.0f} s", file=sys.stderr)
+    return EX_FAILURE
 
 
 def _token_generate(output: Path | None) -> int:

@@ -51,6 +51,7 @@ class Daemon:
             healthy=self._healthy,
             listen=cfg.api.listen,
             peer_setup=[self.peers.install],
+            leave=self.leave,
         )
         self._stop = asyncio.Event()
         self._ready_sent = False
@@ -144,6 +145,10 @@ class Daemon:
             await self.api.close()
         log.info("stopped")
         return 0
+
+    def leave(self) -> None:
+        """``k3snoded leave``: hand over what this node holds, then stop k3s."""
+        self.roles.leave()
 
     def _request_stop(self, sig: signal.Signals) -> None:
         if self._stop.is_set():

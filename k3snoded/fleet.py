@@ -57,7 +57,10 @@ class FleetRoles(RoleSource):
         self.vip = vip
         self.peers = peers
         self.me = cfg.node.name
-        self.eligible = cfg.node.role is not RolePreference.AGENT
+        self.can_coordinate = cfg.node.role is not RolePreference.AGENT
+        self.eligible = self.can_coordinate  # what the heartbeat says; False while leaving
+        self.leaving = False
+        self.left = False
         self.coordinator: str | None = None
         self.is_coordinator = False
         self.bootstrapped_by: str | None = None
@@ -72,7 +75,7 @@ class FleetRoles(RoleSource):
         await self.vip.remove_stale()
         await self._preflight()
         interval = self.cfg.coordination.renew_interval
-        while True:
+        while not self.left:
             started = time.monotonic()
             try:
                 await self._cycle()
@@ -132,9 +135,12 @@ class FleetRoles(RoleSource):
         self.counters["renew_seconds"] = time.monotonic() - t0
         self.members = [r.member for r in rows]
         self.assigned = {r.member.name: r.assigned for r in rows if r.assigned is not None}
-        if self.eligible:
+        if self.can_coordinate:
             await self._coordinate()
-        await self._reconcile()
+        if self.leaving:
+            await self._hand_over()
+        else:
+            await self._reconcile()
 
     async def _coordinate(self) -> None:
         ttl = self.cfg.coordination.lease_ttl
@@ -203,6 +209,43 @@ class FleetRoles(RoleSource):
         holder = lease.holder if lease else "another server"
         self.apply(Wanted(Role.NONE, "", f"waiting for {holder} to bootstrap the cluster first"))
 
+    # ---- leaving the fleet on purpose (k3snoded leave) --------------------------------------
+    def leave(self) -> None:
+        """Hand over: stop being eligible, keep running until a replacement is ready, then stop
+        k3s, release the VIP and the coordinator lease and delete our member row."""
+        if not self.leaving:
+            log.info("leaving the fleet: handing over first")
+        self.leaving = True
+        self.eligible = False
+
+    def _handed_over(self) -> bool:
+        if self.assigned.get(self.me) is Role.SERVER:
+            return False  # the coordinator has not yet decided without us
+        others = [
+            m
+            for m in self.members
+            if m.name != self.me and m.heartbeat_age <= self.cfg.coordination.dead_after
+        ]
+        servers = [m for m in others if self.assigned.get(m.name) is Role.SERVER]
+        ready = [m for m in servers if m.ready and m.role is Role.SERVER]
+        possible = min(self.cfg.servers.count, len([m for m in others if m.eligible]))
+        return len(ready) >= possible
+
+    async def _hand_over(self) -> None:
+        if self.wanted.role is Role.SERVER and not self._handed_over():
+            self.apply(
+                Wanted(Role.SERVER, self.wanted.registration, "leaving: waiting for a replacement")
+            )
+            return
+        await self.vip.stop()
+        self.apply(Wanted(Role.NONE, "", "left the fleet (k3snoded leave)"))
+        if self.is_coordinator:
+            await self.ds.release_lease(COORDINATOR, self.me)
+            self.is_coordinator = False
+        await self.ds.remove_member(self.me)
+        self.left = True
+        log.info("left the fleet: k3s stopped, member row removed; stop or disable the unit now")
+
     def _registration(self) -> str:
         if self.cfg.registration.address:
             return self.cfg.registration.address
@@ -210,6 +253,7 @@ class FleetRoles(RoleSource):
             m.address
             for m in self.members
             if self.assigned.get(m.name) is Role.SERVER
+            and m.role is Role.SERVER
             and m.ready
             and m.heartbeat_age <= self.cfg.coordination.dead_after
         )
@@ -243,6 +287,7 @@ class FleetRoles(RoleSource):
             "peers": peers,
             "coordinator": self.me if self.is_coordinator else self.coordinator,
             "bootstrapped_by": self.bootstrapped_by,
+            "leaving": "left" if self.left else ("handing over" if self.leaving else None),
             "counters": {**self.counters, "statements": self.ds.statements},
         }
 

@@ -236,3 +236,22 @@ def install_token_file(cfg: Config) -> Path:
     finally:
         os.close(dir_fd)
     return target
+
+
+AGENT_LB_STATE = ("k3s-agent-load-balancer.json", "k3s-api-server-agent-load-balancer.json")
+
+
+def clear_agent_state(cfg: Config) -> list[Path]:
+    """Before an agent is promoted to server: drop the agent's load-balancer state.
+
+    Those files pin the agent's view of the servers to the registration address; a server's
+    embedded agent talks to its own supervisor instead. Certificates, containerd images and the
+    node password stay: they belong to the machine, not to the role. Returns what was removed.
+    """
+    removed = []
+    for name in AGENT_LB_STATE:
+        path = cfg.k3s.data_dir / "agent" / "etc" / name
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed.append(path)
+    return removed

@@ -58,12 +58,18 @@ class RoleSource(abc.ABC):
     def status(self) -> dict[str, Any]:
         return {"vip": {"address": self.cfg.registration.address or None, "held": False}}
 
+    def leave(self) -> None:
+        """``k3snoded leave``: nothing to hand over without a fleet; just stop k3s."""
+        self.apply(Wanted(Role.NONE, "", "left (k3snoded leave)"))
+
     def apply(self, wanted: Wanted, *, force: bool = False) -> None:
         """Make ``wanted`` the target; log one sentence when it changes."""
         if wanted == self.wanted and not force:
             return
         if wanted.role != self.wanted.role or wanted.registration != self.wanted.registration:
             log.info("role %s: %s", wanted.role.value, wanted.reason)
+        if self.wanted.role is Role.AGENT and wanted.role is Role.SERVER:
+            k3s.clear_agent_state(self.cfg)
         self.wanted = wanted
         if wanted.role is Role.NONE:
             self.supervisor.want(None)
@@ -95,11 +101,16 @@ class StaticRoles(RoleSource):
     def __init__(self, cfg: Config, supervisor: Supervisor, *, peers: PeerBook) -> None:
         super().__init__(cfg, supervisor)
         self.peers = peers
+        self.left = False
 
     async def run(self) -> None:
-        while True:
+        while not self.left:
             self.apply(static_role(self.cfg, self.peers.registration() or ""))
             await asyncio.sleep(1.0)
+
+    def leave(self) -> None:
+        self.left = True
+        super().leave()
 
     def reconfigure(self, cfg: Config) -> None:
         self.cfg = cfg

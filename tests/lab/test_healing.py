@@ -1,0 +1,156 @@
+"""Self-healing in the lab (issue: self-healing, faults): a dead server is replaced, a returning
+machine rejoins without a second bootstrap, the coordinator can die, ``k3snoded leave`` hands
+over first. The quick set; the long fault runs are behind ``make soak``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.lab import dbs
+from tests.lab.fixtures import LabFactory, lab_factory, require_root
+from tests.lab.fleet import PYTHON, Fleet, Status
+
+__all__ = ["lab_factory"]
+
+require_root()
+pytestmark = pytest.mark.lab
+
+
+def _servers(st: dict[str, Status | None]) -> set[str]:
+    return {n for n, s in st.items() if s is not None and s["node"]["role"] == "server"}
+
+
+def _ready_servers(st: dict[str, Status | None], exclude: str = "") -> set[str]:
+    return {
+        n
+        for n, s in st.items()
+        if s is not None and n != exclude and s["node"]["role"] == "server" and s["k3s"]["ready"]
+    }
+
+
+def _cacerts(fleet: Fleet, name: str) -> str:
+    code = (
+        "import ssl,urllib.request,sys;"
+        "c=ssl.create_default_context();c.check_hostname=False;c.verify_mode=ssl.CERT_NONE;"
+        "sys.stdout.write(urllib.request.urlopen('https://127.0.0.1:6443/cacerts',"
+        "context=c,timeout=5).read().decode())"
+    )
+    return fleet.node(name).machine.run([str(PYTHON), "-c", code]).stdout
+
+
+def _fleet(lab_factory: LabFactory, **kw: object) -> Fleet:
+    lab = lab_factory(4, with_db=True)
+    db = dbs.start(lab, "postgres")
+    fleet = Fleet(lab, endpoint=db.endpoint, eligible=3, agents=1, servers=2, **kw)  # type: ignore[arg-type]
+    fleet.start_all()
+    fleet.wait(fleet.converged, timeout=90, what="fleet formed")
+    return fleet
+
+
+def test_dead_server_is_replaced_and_rejoins_without_a_second_bootstrap(
+    lab_factory: LabFactory,
+) -> None:
+    fleet = _fleet(lab_factory)
+    st = fleet.statuses()
+    before = _servers(st)
+    ca = _cacerts(fleet, sorted(before)[0])
+    # Crash the coordinator when it is a server: then a new coordinator must take over the
+    # lease before anyone can decide the replacement.
+    coordinator = next(n for n, x in st.items() if x and x.get("coordinator") == n)
+    victim = coordinator if coordinator in before else sorted(before)[-1]
+    node = fleet.node(victim)
+    # A crash: every process on the machine killed, its link down.
+    for pid in node.machine.pids():
+        node.machine.kill(pid)
+    node.machine.link_down()
+    st = fleet.wait(
+        lambda st: len(_ready_servers(st, exclude=victim)) == 2,
+        timeout=10 + 5 + 30,  # dead_after + decision + the stand-in's start
+        what=f"a replacement for {victim}",
+    )
+    replacement = (_ready_servers(st, exclude=victim) - before).pop()
+    assert _cacerts(fleet, replacement) == ca, "the replacement must join the same cluster CA"
+    coord = next(s for s in st.values() if s is not None and s.get("coordinator"))
+    dead = next(p for p in coord["peers"] if p["name"] == victim)
+    assert dead["role"] == "agent" and not dead["alive"]
+
+    # The machine returns and takes the role the fleet needs (agent): no second bootstrap.
+    node.machine.link_up()
+    node.start()
+    st = fleet.wait(fleet.converged, timeout=60, what=f"{victim} back")
+    s = st[victim]
+    assert s is not None and s["node"]["role"] == "agent"
+    assert len(_servers(st)) == 2
+    assert {x.get("bootstrapped_by") for x in st.values() if x and x.get("bootstrapped_by")} == {
+        next(x["bootstrapped_by"] for x in st.values() if x and x.get("bootstrapped_by"))
+    }
+    for name in _servers(st):
+        assert _cacerts(fleet, name) == ca
+
+
+def test_coordinator_daemon_killed_and_restarted_roles_do_not_change(
+    lab_factory: LabFactory,
+) -> None:
+    """SIGKILL of the coordinator's daemon, restarted 5 s later (the unit's RestartSec): its
+    k3s is adopted, not restarted, and no role changes (the heartbeat gap stays inside
+    coordination.dead_after)."""
+    fleet = _fleet(lab_factory)
+    st = fleet.statuses()
+    roles = {n: s["node"]["role"] for n, s in st.items() if s}
+    coordinator = next(n for n, s in st.items() if s and s.get("coordinator") == n)
+    k3s_pid = st[coordinator]["k3s"]["pid"]  # type: ignore[index]
+    fleet.node(coordinator).kill()  # the daemon only; its k3s keeps running
+    time.sleep(5)
+    fleet.node(coordinator).start()
+    st = fleet.wait(
+        lambda st: (
+            fleet.converged(st)
+            and any(s is not None and s.get("coordinator") == n for n, s in st.items())
+        ),
+        timeout=60,
+        what="old coordinator back and a coordinator elected",
+    )
+    assert {n: s["node"]["role"] for n, s in st.items() if s} == roles
+    assert st[coordinator]["k3s"]["pid"] == k3s_pid  # type: ignore[index]
+    assert st[coordinator]["k3s"]["adopted"]  # type: ignore[index]
+
+
+def test_leave_hands_over_before_stopping(lab_factory: LabFactory) -> None:
+    fleet = _fleet(lab_factory)
+    st = fleet.statuses()
+    servers = _servers(st)
+    leaver = sorted(servers)[0]
+    node = fleet.node(leaver)
+    r = node.machine.run(
+        [
+            str(PYTHON),
+            "-m",
+            "k3snoded",
+            "leave",
+            "--config",
+            str(node.config_dir / "config.yaml"),
+            "--timeout",
+            "90",
+        ],
+        check=False,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "left the fleet" in r.stdout
+    st = fleet.statuses()
+    assert len(_ready_servers(st, exclude=leaver)) == 2, "a replacement was ready before it left"
+    s = st[leaver]
+    assert s is not None and s["leaving"] == "left" and s["k3s"]["pid"] is None
+    # Its member row is gone: the datastore members no longer list it (one cycle later).
+    fleet.wait(
+        lambda st: all(
+            leaver not in {p["name"] for p in x["peers"]}
+            for n, x in st.items()
+            if x is not None and n != leaver and "coordinator" in x
+        ),
+        timeout=10,
+        what=f"{leaver} gone from the member table",
+    )
