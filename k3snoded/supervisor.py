@@ -274,7 +274,11 @@ class Supervisor:
             child.stable = True
             self._backoff, self._quick_exits = self._backoff_initial, 0
             if self._status.crash_loop:
-                self._set(self._status.state, message=f"{self.name} is up; crash loop over")
+                self._set(
+                    self._status.state,
+                    f"{self.name} has stayed up; crash loop over",
+                    ready=self._status.ready,
+                )
         if child.ready_url is not None and now >= child.next_probe:
             ok = await self._probe(child.ready_url)
             child.next_probe = time.monotonic() + self._probe_interval

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,10 +16,9 @@ from k3snoded.model import ChildState
 from k3snoded.process import PidRecord, process_starttime, read_pidfile, write_pidfile
 from k3snoded.supervisor import ChildSpec, Supervisor
 from tests.integration.children.kit import (
-    RUN_SUPERVISOR,
     Tracker,
-    child_env,
     child_spec,
+    daemon_then_sigkill,
     free_port,
     gone,
     processes_tagged,
@@ -45,45 +42,6 @@ def tracker() -> Iterator[Tracker]:
         t.kill_all()
 
 
-async def _daemon_then_sigkill(run_dir: Path, spec: ChildSpec, tracker: Tracker) -> int:
-    """Run a Supervisor in a separate process until its child is ready, then SIGKILL it."""
-    payload = {
-        "argv": list(spec.argv),
-        "env": spec.env_dict,
-        "ready_url": spec.ready_url,
-        "ready_timeout": spec.ready_timeout,
-        "stop_timeout": spec.stop_timeout,
-    }
-    status_file = run_dir / "daemon-status"
-    daemon = subprocess.Popen(
-        [sys.executable, str(RUN_SUPERVISOR), str(run_dir), json.dumps(payload), str(status_file)],
-        env=child_env(),
-        stdin=subprocess.DEVNULL,
-    )
-    tracker.add(daemon.pid)
-    child_pid = 0
-
-    def child_ready() -> bool:
-        nonlocal child_pid
-        lines = status_file.read_text().split("\n") if status_file.exists() else []
-        for line in lines:
-            fields = line.split()
-            if fields and fields[0] == "ready" and fields[2] == "True":
-                child_pid = int(fields[1])
-                return True
-        assert daemon.poll() is None, "the stand-in daemon ended early"
-        return False
-
-    try:
-        await wait_until("the stand-in daemon's child to be ready", child_ready, 20)
-    finally:
-        daemon.kill()  # SIGKILL: the daemon gets no chance to stop its child
-        daemon.wait()
-    tracker.add(child_pid)
-    assert child_pid and not gone(child_pid)
-    return child_pid
-
-
 def _spec(run_dir: Path, port: int, *extra: str) -> ChildSpec:
     return child_spec(run_dir, *extra, port=port, stop_timeout=5.0)
 
@@ -91,7 +49,7 @@ def _spec(run_dir: Path, port: int, *extra: str) -> ChildSpec:
 async def test_adopts_the_child_of_a_killed_daemon(run_dir: Path, tracker: Tracker) -> None:
     port = free_port()
     spec = _spec(run_dir, port)
-    child_pid = await _daemon_then_sigkill(run_dir, spec, tracker)
+    child_pid = await daemon_then_sigkill(run_dir, spec, tracker)
     assert processes_tagged(run_dir) == [child_pid]
 
     sup = Supervisor("child", run_dir, ready_probe_interval=0.05)
@@ -117,7 +75,7 @@ async def test_adopts_the_child_of_a_killed_daemon(run_dir: Path, tracker: Track
 async def test_adopted_child_with_another_spec_is_replaced(run_dir: Path, tracker: Tracker) -> None:
     port = free_port()
     old = _spec(run_dir, port)
-    child_pid = await _daemon_then_sigkill(run_dir, old, tracker)
+    child_pid = await daemon_then_sigkill(run_dir, old, tracker)
 
     sup = Supervisor("child", run_dir, ready_probe_interval=0.05)
     tracker.watch(sup)
@@ -139,7 +97,7 @@ async def test_adopted_child_with_another_spec_is_replaced(run_dir: Path, tracke
 async def test_adopted_child_exit_is_seen_and_restarted(run_dir: Path, tracker: Tracker) -> None:
     port = free_port()
     spec = _spec(run_dir, port)
-    child_pid = await _daemon_then_sigkill(run_dir, spec, tracker)
+    child_pid = await daemon_then_sigkill(run_dir, spec, tracker)
 
     sup = Supervisor("child", run_dir, backoff_initial=0.1, ready_probe_interval=0.05)
     tracker.watch(sup)
@@ -160,7 +118,7 @@ async def test_adopted_child_exit_is_seen_and_restarted(run_dir: Path, tracker: 
 
 async def test_without_want_the_adopted_child_is_kept(run_dir: Path, tracker: Tracker) -> None:
     port = free_port()
-    child_pid = await _daemon_then_sigkill(run_dir, _spec(run_dir, port), tracker)
+    child_pid = await daemon_then_sigkill(run_dir, _spec(run_dir, port), tracker)
     sup = Supervisor("child", run_dir, ready_probe_interval=0.05)
     tracker.watch(sup)
     task = asyncio.create_task(sup.run())  # no want() yet: adopt, but neither stop nor start

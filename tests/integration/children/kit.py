@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -95,12 +97,16 @@ class Tracker:
 
 
 async def wait_until(
-    what: str, predicate: Callable[[], bool], timeout: float = 15.0, step: float = 0.02
+    what: str | Callable[[], str],
+    predicate: Callable[[], bool],
+    timeout: float = 15.0,
+    step: float = 0.02,
 ) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            text = what if isinstance(what, str) else what()
+            raise AssertionError(f"timed out after {timeout} s waiting for {text}")
         await asyncio.sleep(step)
 
 
@@ -108,7 +114,7 @@ async def wait_status(
     supervisor: Supervisor, predicate: Callable[[ChildStatus], bool], timeout: float = 15.0
 ) -> ChildStatus:
     await wait_until(
-        f"a status of {supervisor.name} (last: {supervisor.status})",
+        lambda: f"a status of {supervisor.name} (last: {supervisor.status})",
         lambda: predicate(supervisor.status),
         timeout,
     )
@@ -117,3 +123,52 @@ async def wait_status(
 
 def gone(pid: int) -> bool:
     return process_starttime(pid) is None
+
+
+async def daemon_then_sigkill(
+    run_dir: Path, spec: ChildSpec, tracker: Tracker, name: str = "child"
+) -> int:
+    """Run a Supervisor in a separate process until its child is ready, then SIGKILL it."""
+    payload = {
+        "argv": list(spec.argv),
+        "env": spec.env_dict,
+        "cwd": None if spec.cwd is None else str(spec.cwd),
+        "ready_url": spec.ready_url,
+        "ready_timeout": spec.ready_timeout,
+        "stop_timeout": spec.stop_timeout,
+    }
+    status_file = run_dir / "daemon-status"
+    daemon = subprocess.Popen(
+        [
+            sys.executable,
+            str(RUN_SUPERVISOR),
+            name,
+            str(run_dir),
+            json.dumps(payload),
+            str(status_file),
+        ],
+        env=child_env(),
+        stdin=subprocess.DEVNULL,
+    )
+    tracker.add(daemon.pid)
+    child_pid = 0
+
+    def child_ready() -> bool:
+        nonlocal child_pid
+        lines = status_file.read_text().split("\n") if status_file.exists() else []
+        for line in lines:
+            fields = line.split()
+            if fields and fields[0] == "ready" and fields[2] == "True":
+                child_pid = int(fields[1])
+                return True
+        assert daemon.poll() is None, "the stand-in daemon ended early"
+        return False
+
+    try:
+        await wait_until("the stand-in daemon's child to be ready", child_ready, 20)
+    finally:
+        daemon.kill()  # SIGKILL: the daemon gets no chance to stop its child
+        daemon.wait()
+    tracker.add(child_pid)
+    assert child_pid and not gone(child_pid)
+    return child_pid
