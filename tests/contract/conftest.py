@@ -123,7 +123,8 @@ class Target:
         if self.backend == "mysql":
             self.query(f"CREATE DATABASE `{name}`", database=self.base.database)
         elif self.backend == "postgres":
-            self.query(f'CREATE DATABASE "{name}"', database=self.base.database)
+            # template0: CREATE DATABASE fails while anyone is connected to template1
+            self.query(f'CREATE DATABASE "{name}" TEMPLATE template0', database=self.base.database)
 
     def drop_all(self) -> None:
         for name in self.created:

@@ -63,9 +63,7 @@ async def test_heartbeat_and_members_on_the_database_clock(target: Target) -> No
     await a.heartbeat(record("node-a", role=Role.SERVER, ready=True, k3s_version="v1.30.4+k3s1"))
     await b.heartbeat(record("node-b", preference=RolePreference.AGENT, eligible=False))
     rows_a, rows_b = await a.members(), await b.members()
-    assert [r.member for r in rows_a] == [r.member for r in rows_b] or all(
-        x.member.name == y.member.name for x, y in zip(rows_a, rows_b, strict=True)
-    )
+    assert [r.member.name for r in rows_a] == [r.member.name for r in rows_b]
     first, second = rows_b
     assert first.member.name == "node-a"
     assert (first.member.role, first.member.ready, first.k3s_version) == (
@@ -79,14 +77,15 @@ async def test_heartbeat_and_members_on_the_database_clock(target: Target) -> No
         None,
     )
     assert second.member.preference is RolePreference.AGENT and not second.member.eligible
-    assert all(r.member.heartbeat_age < 0.5 for r in rows_b)
+    assert all(0.0 <= r.member.heartbeat_age < 1.0 for r in rows_b)
 
     await asyncio.sleep(0.6)
     aged = {r.member.name: r.member.heartbeat_age for r in await a.members()}
-    assert all(0.5 <= age < 2.0 for age in aged.values()), aged
+    assert all(0.6 <= age < 5.0 for age in aged.values()), aged  # grows on the database clock
     await b.heartbeat(record("node-b", preference=RolePreference.AGENT, eligible=False))
     fresh = {r.member.name: r.member.heartbeat_age for r in await a.members()}
-    assert fresh["node-b"] < 0.3 <= fresh["node-a"]
+    assert fresh["node-b"] < aged["node-b"] - 0.5  # a heartbeat resets the age
+    assert fresh["node-a"] >= aged["node-a"]
 
 
 async def test_ages_come_from_the_stored_database_time(target: Target) -> None:
@@ -141,13 +140,15 @@ async def test_only_one_of_many_contenders_wins(target: Target) -> None:
 async def test_lease_renew_expiry_and_release(target: Target) -> None:
     a, b = await ready(target), await ready(target)
     assert await a.lease("bootstrap") is None
-    assert await a.try_lease("bootstrap", "node-a", 1.0)
-    assert await a.try_lease("bootstrap", "node-a", 1.0)  # renew
-    assert not await b.try_lease("bootstrap", "node-b", 1.0)  # held, not expired
+    assert await a.try_lease("bootstrap", "node-a", 30.0)
+    assert not await b.try_lease("bootstrap", "node-b", 30.0)  # held, not expired
     lease = await b.lease("bootstrap")
-    assert lease is not None and lease.holder == "node-a" and 0.5 < lease.remaining <= 1.0
+    assert lease is not None and lease.holder == "node-a" and 25.0 < lease.remaining <= 30.0
+    assert await a.try_lease("bootstrap", "node-a", 0.5)  # the holder renews (here: shorter)
+    lease = await b.lease("bootstrap")
+    assert lease is None or (lease.holder == "node-a" and lease.remaining <= 0.5)
 
-    await asyncio.sleep(1.2)
+    await asyncio.sleep(0.7)
     assert await b.lease("bootstrap") is None  # expired on the database clock
     assert await b.try_lease("bootstrap", "node-b", 5.0)  # taken over after expiry
     assert not await a.try_lease("bootstrap", "node-a", 5.0)
@@ -168,13 +169,14 @@ async def test_assign_roles_only_by_the_coordinator(target: Target) -> None:
     assert not await a.assign_roles(roles, "node-a")  # no lease at all
     assert all(r.assigned is None for r in await b.members())
 
-    assert await a.try_lease(COORDINATOR_LEASE, "node-a", 1.0)
+    assert await a.try_lease(COORDINATOR_LEASE, "node-a", 30.0)
     assert not await b.assign_roles({"node-b": Role.SERVER}, "node-b")
     assert await a.assign_roles(roles, "node-a")
     seen = {r.member.name: r.assigned for r in await b.members()}
     assert seen == {"node-a": Role.SERVER, "node-b": Role.AGENT, "node-c": None}
 
-    await asyncio.sleep(1.2)  # the coordinator lease expires
+    assert await a.try_lease(COORDINATOR_LEASE, "node-a", 0.3)
+    await asyncio.sleep(0.5)  # the coordinator lease expires
     assert not await a.assign_roles({"node-c": Role.SERVER}, "node-a")
     assert await b.try_lease(COORDINATOR_LEASE, "node-b", 5.0)
     assert await b.assign_roles({"node-c": Role.SERVER}, "node-b")
