@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from k3snoded.model import ChildState
+from k3snoded.notify import SystemdNotifier
 from k3snoded.process import read_pidfile
 from k3snoded.supervisor import ChildStatus, Supervisor
 from tests.integration.children.kit import (
@@ -72,7 +73,11 @@ async def test_ready_needs_ready1_then_ping(run_dir: Path, tracker: Tracker) -> 
     async with running(sup, tracker):
         started = await wait_status(sup, lambda s: s.state is ChildState.STARTING)
         assert started.pid is not None and not started.ready
-        await asyncio.sleep(0.6)  # /ping already answers, but READY=1 has not come yet
+        # READY=1 from a process outside the child's session does not count.
+        stranger = SystemdNotifier(str(sup.notify_socket))
+        assert stranger.ready()
+        stranger.close()
+        await asyncio.sleep(0.6)  # /ping already answers, but the child's READY=1 is not sent yet
         assert sup.status.state is ChildState.STARTING
         ready = await wait_status(sup, lambda s: s.ready)
         assert ready.state is ChildState.READY
