@@ -10,21 +10,30 @@ kernel lifetime that its holder keeps refreshing (see ``ensure_present``).
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
+import socket
+import struct
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface
 from types import TracebackType
 from typing import Any
 
 from pyroute2 import AsyncIPRoute
+from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 
 from k3snoded.errors import VrrpError
 
 log = logging.getLogger(__name__)
 
 _AF_INET = 2
+_RTM_NEWADDR = 20
+_NLMSG_ERROR = 2
+_FOREVER = 0xFFFFFFFF
+_ACK_TIMEOUT = 1.0  # seconds to wait for the kernel's ack of RTM_NEWADDR
 _IFA_F_SECONDARY = 0x01
 _IFF_UP = 0x01
 
@@ -173,3 +182,77 @@ class Netlink:
             if addr.ip == vip.ip:
                 removed = await self._delete(index, addr) or removed
         return removed
+
+
+class AddressWriter:
+    """Adds or refreshes the VIP with one pre-encoded RTM_NEWADDR (replace) request.
+
+    A master refreshes the VIP's lifetime several times a second. Through AsyncIPRoute a request
+    costs about 1.2 ms of CPU (measured), which alone would be 0.5 % of a core; the same message,
+    encoded once by pyroute2's ``ifaddrmsg`` and re-sent with a new sequence number on a plain
+    netlink socket, costs about 6 us. Everything else (listing, removal) uses :class:`Netlink`.
+    """
+
+    def __init__(self, index: int, vip: IPv4Interface, lifetime: int | None) -> None:
+        msg = ifaddrmsg()
+        msg["family"] = _AF_INET
+        msg["prefixlen"] = vip.network.prefixlen
+        msg["index"] = index
+        life = _FOREVER if lifetime is None else lifetime
+        msg["attrs"] = [
+            ("IFA_LOCAL", str(vip.ip)),
+            ("IFA_ADDRESS", str(vip.ip)),
+            ("IFA_CACHEINFO", {"ifa_preferred": life, "ifa_valid": life, "cstamp": 0, "tstamp": 0}),
+        ]
+        msg["header"]["type"] = _RTM_NEWADDR
+        msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE
+        msg["header"]["sequence_number"] = 0
+        msg.encode()
+        self._message = bytes(msg.data)
+        self._vip = vip
+        self._seq = 0
+        self._sock: socket.socket | None = None
+
+    def open(self) -> None:
+        try:
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+            sock.bind((0, 0))
+        except OSError as exc:
+            raise VrrpError(f"cannot open a netlink socket: {exc}") from exc
+        sock.setblocking(False)
+        self._sock = sock
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    async def put(self) -> None:
+        """Create the VIP or refresh its lifetime; VrrpError if the kernel refuses."""
+        if self._sock is None:
+            raise VrrpError("netlink socket is not open")
+        self._seq = (self._seq + 1) & 0xFFFFFFFF
+        m = self._message
+        try:
+            self._sock.send(m[:8] + struct.pack("=I", self._seq) + m[12:])
+            loop = asyncio.get_running_loop()
+            async with asyncio.timeout(_ACK_TIMEOUT):
+                while True:
+                    reply = await loop.sock_recv(self._sock, 4096)
+                    if self._ack(reply):
+                        return
+        except (OSError, TimeoutError) as exc:
+            raise VrrpError(f"cannot add {self._vip}: {exc or 'no answer'}") from exc
+
+    def _ack(self, reply: bytes) -> bool:
+        """True for our request's ack; raises on its error; False for anything else."""
+        offset = 0
+        while offset + 16 <= len(reply):
+            length, kind, _flags, seq = struct.unpack_from("=IHHI", reply, offset)
+            if kind == _NLMSG_ERROR and seq == self._seq and offset + 20 <= len(reply):
+                (error,) = struct.unpack_from("=i", reply, offset + 16)
+                if error:
+                    raise VrrpError(f"cannot add {self._vip}: {errno.errorcode.get(-error, error)}")
+                return True
+            offset += max(length, 16)
+        return False

@@ -29,7 +29,7 @@ from k3snoded.model import VrrpState
 from k3snoded.vrrp import machine, packet
 from k3snoded.vrrp.garp import GarpSender
 from k3snoded.vrrp.machine import MachineConfig, MachineState
-from k3snoded.vrrp.netlink import Netlink
+from k3snoded.vrrp.netlink import AddressWriter, Netlink
 from k3snoded.vrrp.transport import VrrpSocket
 
 log = logging.getLogger(__name__)
@@ -195,8 +195,10 @@ class VrrpSpeaker:
             burst=self._garp_burst,
             repeat_after=self._garp_repeat_after,
         )
+        writer = AddressWriter(info.index, self.vip, self._lifetime)
         self._sock.open()
         try:
+            writer.open()
             self._garp.open()
             loop.add_reader(self._sock.fileno(), self._on_readable)
             log.info(
@@ -206,7 +208,7 @@ class VrrpSpeaker:
                 if self.unicast_peers else "multicast", source,
             )  # fmt: skip
             self._feed(machine.Startup())
-            await self._reconcile_until_stopped(nl, info.index)
+            await self._reconcile_until_stopped(nl, writer, info.index)
         finally:
             if self._state.state is not VrrpState.INITIALIZE:
                 self._feed(machine.Shutdown())
@@ -222,9 +224,12 @@ class VrrpSpeaker:
                 self._holds_vip = False
                 self._sock.close()
                 self._garp.close()
+                writer.close()
                 log.info("VRRP speaker on %s stopped", self.interface)
 
-    async def _reconcile_until_stopped(self, nl: Netlink, index: int) -> None:
+    async def _reconcile_until_stopped(
+        self, nl: Netlink, writer: AddressWriter, index: int
+    ) -> None:
         """Make the interface match the machine's wish; wake on change or every few seconds."""
         while not self._stopping.is_set():
             refreshing = self._want_vip and self._lifetime is not None
@@ -238,7 +243,7 @@ class VrrpSpeaker:
             want = self._want_vip
             try:
                 if want:
-                    await nl.put(index, self.vip, self._lifetime)
+                    await writer.put()
                     if not self._holds_vip:
                         log.info("added %s to %s", self.vip, self.interface)
                     self._holds_vip = True
