@@ -76,8 +76,14 @@ class Supervisor:
     (containerd shims, workloads) survive as with ``KillMode=process``; only after
     ``stop_timeout`` is the whole process group killed.
 
+    States: STARTING (exec or adoption until readiness is confirmed), READY (confirmed once;
+    ``ready`` then follows the probes, so READY with ``ready=False`` is a running child whose
+    ``/ping`` fails), BACKOFF (exited; restart pending), STOPPING, STOPPED. Until the first
+    ``want()`` an adopted child is kept and nothing is started.
+
     Cancelling ``run()`` leaves the child running (it will be adopted); ``shutdown()`` is the
-    orderly end. All methods must be called from the event loop's thread.
+    orderly end. All methods must be called from the event loop's thread. ``run_dir`` should be
+    on tmpfs (``/run``) and short: the notify socket path must fit in 107 bytes.
     """
 
     def __init__(
@@ -243,9 +249,11 @@ class Supervisor:
 
     async def _finish(self, stop_child: bool) -> None:
         child = self._child
-        if child is None or child.exited.is_set():
+        if child is None:
             return
-        if stop_child:
+        if child.exited.is_set():
+            self._release(child)  # its pidfile must not outlive it
+        elif stop_child:
             await self._stop(child, "k3snoded is shutting down")
         else:
             log.info("leaving %s (pid %d) running for the next k3snoded", self.name, child.pid)
