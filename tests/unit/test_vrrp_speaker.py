@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import struct
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Interface
 from typing import Any
 
 import pytest
@@ -12,6 +12,7 @@ import pytest
 from k3snoded.errors import VrrpError
 from k3snoded.model import VrrpState
 from k3snoded.vrrp import garp
+from k3snoded.vrrp.netlink import AddressWriter
 from k3snoded.vrrp.speaker import VrrpSpeaker, _DropLog
 
 BASE: dict[str, Any] = {
@@ -91,3 +92,25 @@ def test_drop_log_warns_once_per_kind(caplog: pytest.LogCaptureFixture) -> None:
     assert len(warnings) == 2
     assert "dropping VRRP input (ttl): TTL 64" in warnings[0]
     assert d.total == 51 and d.counts == {"ttl": 50, "malformed": 1}
+
+
+def test_address_writer_message_and_acks() -> None:
+    w = AddressWriter(3, IPv4Interface("198.18.0.100/24"), 1)
+    m = w._message
+    length, kind, flags = struct.unpack_from("=IHH", m)
+    assert (length, kind) == (len(m), 20)  # RTM_NEWADDR
+    assert flags & 0x100 and flags & 0x400  # NLM_F_REPLACE, NLM_F_CREATE
+    family, prefixlen, _flags, _scope, index = struct.unpack_from("=BBBBI", m, 16)
+    assert (family, prefixlen, index) == (2, 24, 3)
+    assert m.count(IPv4Address("198.18.0.100").packed) == 2  # IFA_LOCAL and IFA_ADDRESS
+    assert struct.pack("=II", 1, 1) in m  # preferred and valid lifetime: 1 s
+
+    w._seq = 7
+
+    def ack(seq: int, error: int) -> bytes:
+        return struct.pack("=IHHIIi", 36, 2, 0, seq, 0, error) + bytes(16)
+
+    assert w._ack(ack(7, 0))
+    assert not w._ack(ack(6, 0))  # an earlier request's answer
+    with pytest.raises(VrrpError, match="EPERM"):
+        w._ack(ack(7, -1))
