@@ -108,21 +108,28 @@ def test_second_server_adopts_the_ca(k3s: Launcher, tmp_path: Path, db: Db) -> N
     assert servers == expected
 
 
-@pytest.mark.parametrize("second_token", ["other", None])
-def test_different_token_is_fatal(
-    k3s: Launcher, tmp_path: Path, db: Db, second_token: str | None
-) -> None:
+def _first_then_second(k3s: Launcher, tmp_path: Path, endpoint: str, extra: list[str]) -> str:
     n1, n2 = new_node(tmp_path, "s1"), new_node(tmp_path, "s2")
     s1 = k3s.start(
-        n1.server_args("--token", "pw", "--datastore-endpoint", db.endpoint, ip="127.0.0.2"),
+        n1.server_args("--token", "pw", "--datastore-endpoint", endpoint, ip="127.0.0.2"),
         n1.env,
     )
     s1.wait_log("k3s is up and running")
-    extra = ["--token", second_token] if second_token else []
-    args = n2.server_args(*extra, "--datastore-endpoint", db.endpoint, ip="127.0.0.3")
+    args = n2.server_args(*extra, "--datastore-endpoint", endpoint, ip="127.0.0.3")
     rc, _, err = k3s.run(args, n2.env)
     assert rc == 1
     assert "level=fatal" in err
+    return err
+
+
+def test_different_token_is_fatal(k3s: Launcher, tmp_path: Path, db: Db) -> None:
+    err = _first_then_second(k3s, tmp_path, db.endpoint, ["--token", "other"])
+    assert "bootstrap data already found and encrypted with different token" in err
+
+
+def test_no_token_on_an_existing_cluster_is_fatal(k3s: Launcher, tmp_path: Path) -> None:
+    """A generated password never matches existing bootstrap data (k3s PR #12396)."""
+    err = _first_then_second(k3s, tmp_path, f"sqlite://{tmp_path / 'shared.db'}", [])
     assert "bootstrap data already found and encrypted with different token" in err
 
 
@@ -217,3 +224,21 @@ def test_endpoint_grammar() -> None:
         parse("mysql://u:p@h:3306/k3s", default)
     with pytest.raises(EndpointError, match="unknown driver"):
         parse("foo://bar", default)
+
+
+def test_stopped_server_leaves_apiservers(k3s: Launcher, tmp_path: Path) -> None:
+    endpoint = f"sqlite://{tmp_path / 'shared.db'}"
+    n1, n2 = new_node(tmp_path, "s1"), new_node(tmp_path, "s2")
+    s1 = k3s.start(
+        n1.server_args("--token", "pw", "--datastore-endpoint", endpoint, ip="127.0.0.2"), n1.env
+    )
+    s1.wait_log("k3s is up and running")
+    s2 = k3s.start(
+        n2.server_args("--token", "pw", "--datastore-endpoint", endpoint, ip="127.0.0.3"), n2.env
+    )
+    s2.wait_log("k3s is up and running")
+    url = f"https://127.0.0.2:{n1.port}/v1-k3s/apiservers"
+    assert f"127.0.0.3:{n2.port}" in json.loads(get(url, auth=("node", "pw")).body)
+    s2.signal()
+    assert s2.wait_exit(5) == 0
+    assert json.loads(get(url, auth=("node", "pw")).body) == [f"127.0.0.2:{n1.port}"]

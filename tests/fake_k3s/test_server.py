@@ -99,7 +99,7 @@ def test_routes(k3s: Launcher, tmp_path: Path) -> None:
 
 def test_readyz_503_until_ready(k3s: Launcher, tmp_path: Path) -> None:
     node = new_node(tmp_path, "s1")
-    env = {**node.env, "K3S_FAKE_READY_DELAY": "3"}
+    env = {**node.env, "K3S_FAKE_READY_DELAY": "2"}
     s = k3s.start(node.server_args("--token", "pw"), env)
     s.wait_log("Wrote kubeconfig")
     base = f"https://127.0.0.1:{node.port}"
@@ -201,3 +201,48 @@ def test_listen_port_in_use_is_fatal(k3s: Launcher, tmp_path: Path) -> None:
         rc, _, err = k3s.run(node.server_args("--token", "pw"), node.env)
     assert rc == 1
     assert "address already in use" in err
+
+
+def test_kubeconfig_output_and_mode(k3s: Launcher, tmp_path: Path) -> None:
+    node = new_node(tmp_path, "s1")
+    out = tmp_path / "kube" / "admin.yaml"
+    args = node.server_args("--token", "pw", "-o", str(out), "--write-kubeconfig-mode", "640")
+    s = k3s.start(args, node.env)
+    s.wait_log(f"Wrote kubeconfig {out}")
+    assert stat.S_IMODE(out.stat().st_mode) == 0o640
+    assert f"server: https://127.0.0.1:{node.port}" in out.read_text()
+
+
+def test_server_url_without_endpoint_tries_an_etcd_join(k3s: Launcher, tmp_path: Path) -> None:
+    """K3S_URL leaking into a server makes it an etcd joiner: against a server without etcd,
+    /v1-k3s/server-bootstrap answers 400 and the join is fatal."""
+    first, second = new_node(tmp_path, "s1"), new_node(tmp_path, "s2")
+    s1 = k3s.start(first.server_args("--token", "pw"), first.env)
+    s1.wait_log("k3s is up and running")
+    env = {**second.env, "K3S_URL": f"https://127.0.0.1:{first.port}"}
+    rc, _, err = k3s.run(second.server_args("--token", "pw"), env)
+    assert rc == 1
+    assert "400 Bad Request" in err
+    s1.wait_log("but embedded etcd is not enabled.")
+
+
+def test_cluster_init_without_endpoint_runs_alone(k3s: Launcher, tmp_path: Path) -> None:
+    node = new_node(tmp_path, "s1")
+    s = k3s.start(node.server_args("--token", "pw", "--cluster-init"), node.env)
+    s.wait_log("k3s is up and running")
+    assert "embedded etcd is not emulated" in s.log()
+
+
+def test_missing_datastore_tls_file_is_fatal(k3s: Launcher, tmp_path: Path) -> None:
+    node = new_node(tmp_path, "s1")
+    args = node.server_args(
+        "--token",
+        "pw",
+        "--datastore-endpoint",
+        "postgres://k3s:k3s@127.0.0.1:5432/k3s",
+        "--datastore-cafile",
+        str(tmp_path / "missing-ca.pem"),
+    )
+    rc, _, err = k3s.run(args, node.env)
+    assert rc == 1
+    assert f"open {tmp_path / 'missing-ca.pem'}: no such file or directory" in err

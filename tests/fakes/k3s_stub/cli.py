@@ -76,11 +76,20 @@ async def _run(command: str, args: flags.Args) -> None:
     if command == "server":
         from tests.fakes.k3s_stub.server import Server
 
-        await Server(args, shutdown).run()
+        main_task = asyncio.create_task(Server(args, shutdown).run())
     else:
         from tests.fakes.k3s_stub.agent import Agent
 
-        await Agent(args, shutdown).run()
+        main_task = asyncio.create_task(Agent(args, shutdown).run())
+    stop = asyncio.create_task(shutdown.event.wait())
+    await asyncio.wait({main_task, stop}, return_when=asyncio.FIRST_COMPLETED)
+    if not main_task.done():
+        # Blocking driver calls may hold the main task; a stop never waits more than ~1 s.
+        await asyncio.wait({main_task}, timeout=1.0)
+    stop.cancel()
+    if main_task.done() and not main_task.cancelled() and main_task.exception() is not None:
+        exc = main_task.exception()
+        logs.fatal(f"{type(exc).__name__}: {exc}")
     if crasher is not None:
         crasher.cancel()
     if shutdown.event.is_set():

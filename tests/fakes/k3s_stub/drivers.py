@@ -137,6 +137,12 @@ def _mysql_connect(ep: Endpoint, db: str | None) -> Any:
     }
     if db:
         kwargs["database"] = db
+    if ep.cafile or ep.certfile:
+        ssl: dict[str, str] = {}
+        for key, path in (("ca", ep.cafile), ("cert", ep.certfile), ("key", ep.keyfile)):
+            if path:
+                ssl[key] = path
+        kwargs["ssl"] = ssl
     if ep.unix_socket:
         kwargs["unix_socket"] = ep.unix_socket
     else:
@@ -163,6 +169,16 @@ def _pg_connect(ep: Endpoint, db: str) -> Any:
     for key in ("sslmode", "sslrootcert", "sslcert", "sslkey", "application_name"):
         if key in ep.params:
             kwargs[key] = ep.params[key]
+    if ep.cafile or ep.certfile or ep.keyfile:
+        # kine: the datastore TLS files, and verify-full unless the DSN names an sslmode.
+        for key, path in (
+            ("sslrootcert", ep.cafile),
+            ("sslcert", ep.certfile),
+            ("sslkey", ep.keyfile),
+        ):
+            if path:
+                kwargs[key] = path
+        kwargs.setdefault("sslmode", "verify-full")
     conn = psycopg2.connect(**kwargs)
     conn.autocommit = True
     return conn

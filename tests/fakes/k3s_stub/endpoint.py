@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import urllib.parse
 from dataclasses import dataclass, field
 
@@ -28,6 +29,9 @@ class Endpoint:
     password: str = ""
     unix_socket: str = ""
     params: dict[str, str] = field(default_factory=dict)
+    cafile: str = ""
+    certfile: str = ""
+    keyfile: str = ""
 
     @property
     def address(self) -> str:
@@ -99,8 +103,15 @@ def _postgres(rest: str) -> Endpoint:
     )
 
 
-def parse(text: str, default_sqlite: str, tls: bool = False) -> Endpoint:
-    """Parse an endpoint; empty → SQLite at ``default_sqlite``."""
+def parse(
+    text: str, default_sqlite: str, cafile: str = "", certfile: str = "", keyfile: str = ""
+) -> Endpoint:
+    """Parse an endpoint (empty → SQLite at ``default_sqlite``) and attach the TLS files."""
+    ep = _parse(text, default_sqlite, bool(cafile or certfile))
+    return dataclasses.replace(ep, cafile=cafile, certfile=certfile, keyfile=keyfile)
+
+
+def _parse(text: str, default_sqlite: str, tls: bool) -> Endpoint:
     if text == "":
         return Endpoint("sqlite", default_sqlite)
     if "://" not in text:

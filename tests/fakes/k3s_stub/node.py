@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import grp
 import os
 import secrets
 import socket
@@ -59,7 +60,9 @@ REJECTED = (
 )
 
 
-def write_kubeconfig(path: str, mode: str, ca_pem: bytes, port: int, password: str) -> None:
+def write_kubeconfig(
+    path: str, mode: str, group: str, ca_pem: bytes, port: int, password: str
+) -> None:
     ca = base64.b64encode(ca_pem).decode()
     text = f"""apiVersion: v1
 clusters:
@@ -92,5 +95,10 @@ users:
     with os.fdopen(fd, "w") as fh:
         fh.write(text)
     os.chmod(target, perm)
+    if group:
+        try:
+            os.chown(target, -1, grp.getgrnam(group).gr_gid)
+        except (KeyError, OSError) as exc:
+            logs.error(f"Failed to set {target} to group {group}: {exc}")
     logs.info(f"Wrote kubeconfig {target}")
     logs.info("Run: k3s kubectl")

@@ -17,6 +17,7 @@ from tests.fakes.k3s_stub import (
     VERSION,
     bootstrap,
     drivers,
+    embedded,
     knobs,
     logs,
     node,
@@ -72,11 +73,17 @@ class Server:
 
     async def _open_datastore(self) -> Store:
         raw = self.args.get_str("datastore-endpoint")
-        tls = bool(self.args.get_str("datastore-cafile") or self.args.get_str("datastore-certfile"))
+        files = [self.args.get_str(f"datastore-{k}file") for k in ("ca", "cert", "key")]
+        prefix = "preparing server: creating storage endpoint: building kine"
+        if bool(files[1]) != bool(files[2]):
+            logs.fatal(f"{prefix}: both cert and key must be provided")
+        for path in files:
+            if path and not os.access(path, os.R_OK):
+                logs.fatal(f"{prefix}: open {path}: no such file or directory")
         try:
-            ep = parse(raw, str(self.server_dir / "db" / "state.db"), tls)
+            ep = parse(raw, str(self.server_dir / "db" / "state.db"), *files)
         except EndpointError as exc:
-            logs.fatal(f"preparing server: creating storage endpoint: building kine: {exc}")
+            logs.fatal(f"{prefix}: {exc}")
         if self.args.get_bool("cluster-init") and ep.driver != "sqlite":
             logs.debug("--cluster-init ignored: an external datastore is configured")
         store = Store(ep)
@@ -211,6 +218,11 @@ class Server:
         if not password:
             password = tokens.random_password()
         agent_pw = _password(args, self.server_dir, "agent-token")
+        if not args.get_str("datastore-endpoint"):
+            if args.get_str("server") and _password(args, self.server_dir, "token"):
+                await embedded.join(args.get_str("server"), password)
+            elif args.get_bool("cluster-init"):
+                embedded.warn_cluster_init()
         self.store = await self._open_datastore()
         if self.shutdown.event.is_set():
             return
@@ -250,7 +262,12 @@ class Server:
         ca_pem = (self.server_dir / "tls" / "server-ca.crt").read_bytes()
         kubeconfig = args.get_str("write-kubeconfig") or rooted("/etc/rancher/k3s/k3s.yaml")
         node.write_kubeconfig(
-            kubeconfig, args.get_str("write-kubeconfig-mode"), ca_pem, self.port, password
+            kubeconfig,
+            args.get_str("write-kubeconfig-mode"),
+            args.get_str("write-kubeconfig-group"),
+            ca_pem,
+            self.port,
+            password,
         )
         await self._register_self()
         tasks = [asyncio.create_task(self.lease_loop()), asyncio.create_task(self._become_ready())]
@@ -260,7 +277,10 @@ class Server:
             for t in tasks:
                 t.cancel()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(runner.cleanup(), 1.0)
+                await asyncio.wait_for(runner.cleanup(), 0.5)
+            # kube-apiserver removes its own masterlease when it stops.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.store.delete(LEASE_PREFIX + self.advertise), 0.5)
 
     async def _register_self(self) -> None:
         """The embedded agent's node password (logged when rejected, like its retry loop)."""
