@@ -49,3 +49,15 @@ def test_knob_file_in_data_dir(k3s: Launcher, tmp_path: Path) -> None:
     assert time.monotonic() - started >= 1.0
     assert get(f"https://127.0.0.1:{node.port}/ping").status == 503
     assert (node.root / "etc/rancher/k3s/k3s.yaml").exists()
+
+
+def test_knob_alias_survives_a_k3s_scrub(k3s: Launcher, tmp_path: Path) -> None:
+    """FAKE_K3S_<X> is read as K3S_FAKE_<X>: it passes through k3snoded's K3S_* scrub."""
+    node = new_node(tmp_path, "s1")
+    env = {"FAKE_K3S_ROOT": str(node.root), "FAKE_K3S_READY_DELAY": "1"}
+    started = time.monotonic()
+    s = k3s.start(node.server_args("--token", "pw"), env)
+    s.wait_log("k3s is up and running")
+    assert time.monotonic() - started >= 1.0
+    assert (node.server_dir / "token").exists()
+    assert (node.root / "etc/rancher/node/password").exists()

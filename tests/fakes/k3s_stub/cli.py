@@ -101,8 +101,13 @@ def main(argv: Sequence[str]) -> int:
     if not argv or argv[0] in ("--help", "-h", "help"):
         sys.stdout.write(APP_HELP.format(version=VERSION, commit=COMMIT))
         return 0
-    if argv[0] in ("--version", "-v"):
+    while argv and argv[0].split("=")[0] in ("--debug", "-debug"):
+        argv = argv[1:]  # the only global flag k3snoded could pass; accepted and ignored
+    if argv and argv[0] in ("--version", "-v"):
         return _version()
+    if not argv:
+        sys.stdout.write(APP_HELP.format(version=VERSION, commit=COMMIT))
+        return 0
     command, rest = argv[0], list(argv[1:])
     if command.startswith("-"):
         name = command.lstrip("-").split("=")[0]

@@ -1,7 +1,7 @@
 """The stand-in's test knobs (environment variables of the stand-in only).
 
-k3snoded scrubs ``K3S_*`` from k3s's environment, so every knob can also be given in a file
-``<data-dir>/fake-k3s.env`` (``KEY=VALUE`` lines); the environment wins over the file.
+k3snoded scrubs ``K3S_*`` from k3s's environment, so every knob ``K3S_FAKE_<X>`` can also be
+given as ``FAKE_K3S_<X>`` or in a file ``<data-dir>/fake-k3s.env`` (``KEY=VALUE`` lines).
 """
 
 from __future__ import annotations
@@ -27,8 +27,18 @@ def _data_dir_from_argv(argv: Sequence[str]) -> str:
     return found or os.environ.get("K3S_DATA_DIR", "")
 
 
+ALIAS_PREFIX = "FAKE_K3S_"
+
+
 def load(argv: Sequence[str]) -> None:
-    """Merge ``fake-k3s.env`` from the data dir (CLI/env, else the rooted default) into env."""
+    """Resolve the knobs into ``K3S_FAKE_*`` environment variables.
+
+    Precedence: ``K3S_FAKE_<X>``, then ``FAKE_K3S_<X>`` (an alias that survives k3snoded's
+    ``K3S_*`` scrub), then ``<data-dir>/fake-k3s.env``.
+    """
+    for key, value in list(os.environ.items()):
+        if key.startswith(ALIAS_PREFIX):
+            os.environ.setdefault("K3S_FAKE_" + key[len(ALIAS_PREFIX) :], value)
     data_dir = _data_dir_from_argv(argv)
     if not data_dir:
         root = os.environ.get("K3S_FAKE_ROOT", "").rstrip("/")

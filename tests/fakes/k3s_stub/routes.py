@@ -76,7 +76,7 @@ def build_app(state: ServerState) -> web.Application:
     async def ping(_request: web.Request) -> web.Response:
         if _ping_failing():
             return web.Response(status=503, text="apiserver not ready\n")
-        return web.Response(text="pong", content_type="text/plain")
+        return web.Response(body=b"pong", headers={"Content-Type": "text/plain"})
 
     async def cacerts(_request: web.Request) -> web.Response:
         return web.Response(body=state.ca_pem(), content_type="text/plain")
