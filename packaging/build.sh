@@ -134,8 +134,9 @@ build_deb() {
   (cd "$root" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' | sort -z |
     xargs -0 md5sum >DEBIAN/md5sums)
   chmod 0644 "$root/DEBIAN/md5sums" "$root/DEBIAN/conffiles" "$root/DEBIAN/control"
+  # gzip: xz -6 took 26 s of a 60 s build here for 3 MB less; dpkg and apt read both alike.
   out="$DIST/${PKG_NAME}_${PKG_VERSION}_${arch}.deb"
-  dpkg-deb --root-owner-group -Zxz -z6 --build "$root" "$out" >/dev/null
+  dpkg-deb --root-owner-group -Zgzip -z9 --build "$root" "$out" >/dev/null
   log "built $out"
 }
 
