@@ -107,6 +107,9 @@ def check_token_file(path: Path) -> str | None:
     return None
 
 
+UNIX_PATH_MAX = 107  # sun_path is 108 bytes with the terminating NUL
+
+
 def _node(c: Checker, cfg: Config) -> None:
     node = cfg.node
     if not node.name:
@@ -131,6 +134,13 @@ def _node(c: Checker, cfg: Config) -> None:
             c.add(key, reason)
     c.each("node.labels", node.labels, rules.check_label)
     c.each("node.taints", node.taints, rules.check_taint)
+    longest = len(os.fsencode(node.run_dir / "k3snoded.sock")) + 4  # the k3s notify socket
+    if longest > UNIX_PATH_MAX:
+        c.add(
+            "node.run_dir",
+            f"too long for unix sockets: {node.run_dir} leaves no room for the sockets inside "
+            f"it (at most {UNIX_PATH_MAX - 18} bytes)",
+        )
     discovery = cfg.discovery.mdns or bool(cfg.discovery.seeds)
     if node.role is RolePreference.AGENT and not cfg.registration.address and not discovery:
         c.add(

@@ -98,7 +98,7 @@ class DatastoreConfig:
 class CoordinationConfig:
     """Timings of heartbeats and leases in the datastore (seconds)."""
 
-    renew_interval: float = 2.0
+    renew_interval: float = 3.0  # at rest; 0.5 s while the fleet converges
     retry_timeout: float = 2.0
     lease_ttl: float = 10.0  # rule: renew_interval + 2 * retry_timeout <= lease_ttl
     dead_after: float = 10.0  # a member whose heartbeat is older than this is dead

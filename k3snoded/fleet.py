@@ -13,6 +13,7 @@ the local API's health, not the datastore); the loop retries every cycle and rec
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -33,13 +34,14 @@ from k3snoded.election import ElectionInput, decide
 from k3snoded.errors import DatastoreError
 from k3snoded.model import Member, Role, RolePreference
 from k3snoded.peers import PeerBook
-from k3snoded.roles import RoleSource, Wanted
-from k3snoded.supervisor import Supervisor
+from k3snoded.roles import RoleSource, Wanted, remembered_role
+from k3snoded.supervisor import ChildStatus, Supervisor
 from k3snoded.vip import VipKeeper
 
 log = logging.getLogger("k3snoded.fleet")
 
 COORDINATOR = "coordinator"
+FAST_CYCLE = 0.5  # seconds between cycles while the fleet converges
 
 
 class FleetRoles(RoleSource):
@@ -69,10 +71,34 @@ class FleetRoles(RoleSource):
         self.counters: dict[str, float] = {"decisions": 0, "renew_seconds": 0.0}
         self._outage_logged = False
         self._last_try = 0.0
+        self._wake = asyncio.Event()
+        supervisor.on_change(self._child_changed)
+
+    def _child_changed(self, status: ChildStatus) -> None:
+        """k3s became ready (or stopped being): act now, not at the next cycle."""
+        self.vip.health(status.ready)
+        self._wake.set()
+
+    def _at_rest(self) -> bool:
+        """Nothing is converging: this node runs its role, ready, every member has one, and no
+        member's heartbeat is late (a late one may be a dead server about to be replaced)."""
+        if self.wanted.role is Role.NONE or not self.supervisor.status.ready:
+            return False
+        c = self.cfg.coordination
+        late = 2 * c.renew_interval
+        if any(late < m.heartbeat_age <= c.dead_after + late for m in self.members):
+            return False
+        return not self.is_coordinator or all(m.name in self.assigned for m in self.members)
 
     # ---- the loop ------------------------------------------------------------------------
     async def run(self) -> None:
         await self.vip.remove_stale()
+        before = await asyncio.to_thread(remembered_role, self.cfg)
+        if before is not None and before.role is Role.AGENT and before.registration:
+            # An agent needs no datastore: resume at once; the coordinator may change it later.
+            self.apply(
+                Wanted(Role.AGENT, before.registration, "resuming the agent role it had before")
+            )
         await self._preflight()
         interval = self.cfg.coordination.renew_interval
         while not self.left:
@@ -95,8 +121,13 @@ class FleetRoles(RoleSource):
             await self.vip.ensure(
                 run=self.wanted.role is Role.SERVER, healthy=self.supervisor.status.ready
             )
+            # At rest one cycle per renew interval (the statement budget); while converging,
+            # a fast cycle, and a change of the local k3s wakes the loop at once.
+            period = interval if self._at_rest() else min(FAST_CYCLE, interval)
             elapsed = time.monotonic() - started
-            await asyncio.sleep(max(0.05, interval - elapsed))
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(0.05, period - elapsed))
 
     async def _preflight(self) -> None:
         delay = 1.0
@@ -114,7 +145,8 @@ class FleetRoles(RoleSource):
                         delay,
                         attempt,
                     )
-                self.wanted = Wanted(Role.NONE, "", f"waiting for the datastore: {err}")
+                if self.wanted.role is Role.NONE:
+                    self.wanted = Wanted(Role.NONE, "", f"waiting for the datastore: {err}")
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
 

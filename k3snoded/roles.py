@@ -14,9 +14,11 @@ import abc
 import asyncio
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from k3snoded import k3s
+from k3snoded.atomic import read_json_state, write_json_state
 from k3snoded.config import Config
 from k3snoded.model import Role, RolePreference
 from k3snoded.peers import PeerBook
@@ -70,11 +72,40 @@ class RoleSource(abc.ABC):
             log.info("role %s: %s", wanted.role.value, wanted.reason)
         if self.wanted.role is Role.AGENT and wanted.role is Role.SERVER:
             k3s.clear_agent_state(self.cfg)
+        if wanted.role is not Role.NONE and (
+            wanted.role != self.wanted.role or wanted.registration != self.wanted.registration
+        ):
+            remember_role(self.cfg, wanted)
         self.wanted = wanted
         if wanted.role is Role.NONE:
             self.supervisor.want(None)
         else:
             self.supervisor.want(k3s.child_spec(self.cfg, wanted.role, wanted.registration))
+
+
+def _role_file(cfg: Config) -> Path:
+    return cfg.node.state_dir / "role.json"
+
+
+def remember_role(cfg: Config, wanted: Wanted) -> None:
+    """Persist the role (atomically) so a restart can resume it before the datastore answers."""
+    try:
+        write_json_state(
+            _role_file(cfg), {"role": wanted.role.value, "registration": wanted.registration}
+        )
+    except OSError as err:
+        log.warning("cannot persist the role in %s: %s", cfg.node.state_dir, err)
+
+
+def remembered_role(cfg: Config) -> Wanted | None:
+    data = read_json_state(_role_file(cfg))
+    if not data:
+        return None
+    try:
+        role = Role(data.get("role"))
+    except ValueError:
+        return None
+    return Wanted(role, str(data.get("registration") or ""), "the role this node had before")
 
 
 def static_role(cfg: Config, learned: str = "") -> Wanted:
