@@ -98,12 +98,16 @@ def make_db(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterat
         conn.close()  # type: ignore[attr-defined]
 
 
-@pytest.fixture(params=["sqlite", "mysql", "postgres"])
+_MYSQL = pytest.param("mysql", marks=pytest.mark.db)
+_POSTGRES = pytest.param("postgres", marks=pytest.mark.db)
+
+
+@pytest.fixture(params=["sqlite", _MYSQL, _POSTGRES])
 def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Db]:
     yield from make_db(str(request.param), request, tmp_path)
 
 
-@pytest.fixture(params=["mysql", "postgres"])
+@pytest.fixture(params=[_MYSQL, _POSTGRES])
 def shared_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Db]:
     """An external database several servers can share."""
     yield from make_db(str(request.param), request, tmp_path)

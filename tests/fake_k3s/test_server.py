@@ -159,7 +159,7 @@ def test_sigterm_exits_zero(k3s: Launcher, tmp_path: Path) -> None:
     started = time.monotonic()
     s.signal(signal.SIGTERM)
     assert s.wait_exit(5) == 0
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 2.5  # ~1 s; slack for a loaded 2-core CI machine
 
 
 def test_sigint_exits_zero(k3s: Launcher, tmp_path: Path) -> None:
