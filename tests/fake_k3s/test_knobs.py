@@ -61,3 +61,13 @@ def test_knob_alias_survives_a_k3s_scrub(k3s: Launcher, tmp_path: Path) -> None:
     assert time.monotonic() - started >= 1.0
     assert (node.server_dir / "token").exists()
     assert (node.root / "etc/rancher/node/password").exists()
+
+
+def test_datastore_latency_slows_startup(k3s: Launcher, tmp_path: Path) -> None:
+    node = new_node(tmp_path, "s1")
+    env = {**node.env, "K3S_FAKE_DATASTORE_LATENCY": "0.2"}
+    started = time.monotonic()
+    s = k3s.start(node.server_args("--token", "pw"), env)
+    s.wait_log("k3s is up and running")
+    # ping, 8 DDL statements, compact_rev_key, bootstrap list/create, node password...
+    assert time.monotonic() - started >= 2.0

@@ -246,3 +246,14 @@ def test_missing_datastore_tls_file_is_fatal(k3s: Launcher, tmp_path: Path) -> N
     rc, _, err = k3s.run(args, node.env)
     assert rc == 1
     assert f"open {tmp_path / 'missing-ca.pem'}: no such file or directory" in err
+
+
+def test_with_node_id(k3s: Launcher, tmp_path: Path) -> None:
+    node = new_node(tmp_path, "s1")
+    s = k3s.start(node.server_args("--token", "pw", "--with-node-id"), node.env)
+    s.wait_log("k3s is up and running")
+    node_id = (node.root / "etc/rancher/node/id").read_text().strip()
+    assert re.fullmatch(r"[0-9a-f]{8}", node_id)
+    cert = x509.load_der_x509_certificate(peer_cert("127.0.0.1", node.port))
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert f"s1-{node_id}" in san.get_values_for_type(x509.DNSName)

@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from typing import Any
 
-from tests.fakes.k3s_stub import drivers, logs
+from tests.fakes.k3s_stub import drivers, knobs, logs
 from tests.fakes.k3s_stub.drivers import Fatal
 from tests.fakes.k3s_stub.endpoint import Endpoint
 
@@ -36,6 +37,7 @@ class Store:
         self.ep = ep
         self._conn: Any = None
         self._lock = threading.Lock()
+        self._latency = knobs.datastore_latency()
 
     # -- blocking core ----------------------------------------------------------------------
     def _sql(self, query: str) -> str:
@@ -54,6 +56,8 @@ class Store:
 
     def _run(self, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
+            if self._latency > 0:
+                time.sleep(self._latency)  # injected datastore latency (a test knob)
             try:
                 cur = self._connection().cursor()
                 try:

@@ -78,5 +78,9 @@ def shutdown_delay() -> float:
     return seconds("K3S_FAKE_SHUTDOWN_DELAY", 0.0)
 
 
+def datastore_latency() -> float:
+    return seconds("K3S_FAKE_DATASTORE_LATENCY", 0.0)
+
+
 def lease_interval() -> float:
     return seconds("K3S_FAKE_LEASE_INTERVAL", 2.0)
