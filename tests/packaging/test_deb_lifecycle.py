@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.packaging.conftest import Built, need_tools
+from tests.packaging.conftest import REPO, Built, need_tools
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -135,6 +135,23 @@ def test_deb_lifecycle(built: Built, clean_machine: None, tmp_path: Path) -> Non
     assert STATE.stat().st_mode & 0o777 == 0o700
     assert EXAMPLE.is_file()
     assert DEFAULTS.is_file()
+
+    # D7: the daemon's interpreter sees exactly the pinned versions, never Debian's python3-*.
+    pins = dict(
+        line.split("==")
+        for line in (REPO / "requirements/runtime.txt").read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    )
+    probe = (
+        "import importlib.metadata as m, sys; "
+        "print(sys.prefix); "
+        "[print(d.metadata['Name'], d.version) for d in m.distributions()]"
+    )
+    lines = ok("/opt/k3snoded/bin/python", "-I", "-c", probe).splitlines()
+    assert lines[0] == "/opt/k3snoded"
+    shipped = {name.lower().replace("_", "-"): v for name, v in (ln.split() for ln in lines[1:])}
+    for name, version in pins.items():
+        assert shipped.get(name.lower().replace("_", "-")) == version, name
 
     # The installed unit verifies as is (its ExecStart now exists), without a word on stderr.
     verify = run("systemd-analyze", "verify", "--man=no", "/lib/systemd/system/k3snoded.service")
