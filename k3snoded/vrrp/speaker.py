@@ -128,6 +128,7 @@ class VrrpSpeaker:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._done = asyncio.Event()
+        self._running = False
         self._drops = _DropLog("dropping VRRP input")
         self._send_errors = _DropLog("VRRP I/O failed")
         self._mismatches = _DropLog("accepting a VRRP advert whose address list differs")
@@ -161,12 +162,13 @@ class VrrpSpeaker:
         """Graceful stop: a master sends a priority-0 advert and removes the VIP. Waits for it."""
         self._stopping.set()
         self._wake.set()
-        if self._config is not None:
+        if self._running:
             await self._done.wait()
 
     async def run(self) -> None:
         """Run until ``stop()`` or cancellation; always leaves the VIP off the interface."""
         loop = asyncio.get_running_loop()
+        self._running = True
         try:
             async with Netlink() as nl:
                 await self._run(loop, nl)
