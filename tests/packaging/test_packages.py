@@ -186,3 +186,36 @@ def test_rpm_scriptlets_run(built: Built, tmp_path: Path) -> None:
             proc = run("sh", "-e", str(script), arg)
             assert proc.returncode == 0, f"{name} {arg}: {proc.stderr}"
             assert proc.stderr == "", f"{name} {arg}: {proc.stderr}"
+
+
+def test_rpm_install_reinstall_erase_in_a_root(built: Built, tmp_path: Path) -> None:
+    """rpm's side of the conffile story, in a private --root (scriptlets: see above)."""
+    root = tmp_path / "root"
+    rpm = ("rpm", "--root", str(root))
+
+    def ok(*argv: str) -> None:
+        proc = run(*rpm, *argv)
+        assert proc.returncode == 0, proc.stderr
+
+    ok("--initdb")
+    ok("-i", "--nodeps", "--noscripts", str(built.rpm))
+    sysconfig = root / "etc/sysconfig/k3snoded"
+    example = root / "etc/k3snoded/config.yaml.example"
+    assert (root / "usr/bin/k3snoded").stat().st_mode & 0o777 == 0o755
+    assert (root / "var/lib/k3snoded").stat().st_mode & 0o777 == 0o700
+    edited = sysconfig.read_text() + "K3SNODED_DEBUG=1\n"
+    sysconfig.write_text(edited)
+    (root / "var/lib/k3snoded/marker").write_text("node state")
+    (root / "etc/k3snoded/config.yaml").write_text("operator's\n")
+
+    ok("-U", "--replacepkgs", "--nodeps", "--noscripts", str(built.rpm))
+    assert sysconfig.read_text() == edited  # %config(noreplace)
+
+    ok("-e", "--nodeps", "--noscripts", "k3snoded")
+    assert not (root / "usr/bin/k3snoded").exists()
+    assert not (root / "opt/k3snoded").exists()
+    assert not sysconfig.exists()
+    assert (root / "etc/sysconfig/k3snoded.rpmsave").read_text() == edited
+    assert not example.exists()  # unedited: removed
+    assert (root / "var/lib/k3snoded/marker").read_text() == "node state"  # no purge in rpm
+    assert (root / "etc/k3snoded/config.yaml").read_text() == "operator's\n"
