@@ -74,6 +74,10 @@ class K3sConfig:
     ready_timeout: float = 300.0  # seconds from exec to READY=1 before the start counts as failed
     stop_timeout: float = 30.0  # SIGTERM, then SIGKILL after this many seconds
     restart_backoff_max: float = 60.0
+    # k3s's node password (k3s reads it from this fixed path). When absent, k3snoded writes one
+    # derived from the cluster token and the node name, so a replacement machine with the same
+    # name is accepted by the servers (docs/decisions/0006-node-passwords.md).
+    node_password_file: Path = Path("/etc/rancher/node/password")
 
 
 @dataclass(frozen=True)

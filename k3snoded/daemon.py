@@ -15,6 +15,7 @@ from typing import Any
 from k3snoded import __version__, k3s
 from k3snoded.api import ApiServer
 from k3snoded.config import Config, load_config
+from k3snoded.discovery.signing import derive_key
 from k3snoded.errors import EX_CONFIG, ConfigError, K3snodedError
 from k3snoded.logs import setup_logging
 from k3snoded.metrics import render_metrics
@@ -23,6 +24,7 @@ from k3snoded.notify import SystemdNotifier, watchdog_interval
 from k3snoded.peers import PeerBook
 from k3snoded.roles import RoleSource, Wanted, build_role_source
 from k3snoded.supervisor import Supervisor
+from k3snoded.tokens import read_token
 from k3snoded.vip import VipKeeper
 
 log = logging.getLogger("k3snoded")
@@ -123,7 +125,7 @@ class Daemon:
             self.cfg.cluster.name,
             self.cfg.source,
         )
-        await asyncio.to_thread(k3s.install_token_file, self.cfg)
+        await asyncio.to_thread(self._prepare_files)
         await self.api.start()
         try:
             async with asyncio.TaskGroup() as tg:
@@ -145,6 +147,13 @@ class Daemon:
             await self.api.close()
         log.info("stopped")
         return 0
+
+    def _prepare_files(self) -> None:
+        """The 0600 token copy k3s reads, and the node password when the machine has none."""
+        k3s.install_token_file(self.cfg)
+        key = derive_key(read_token(self.cfg.cluster.token_file), self.cfg.cluster.name)
+        if k3s.ensure_node_password(self.cfg, key):
+            log.info("wrote k3s's node password file %s", self.cfg.k3s.node_password_file)
 
     def leave(self) -> None:
         """``k3snoded leave``: hand over what this node holds, then stop k3s."""
@@ -174,7 +183,7 @@ class Daemon:
             log.warning("SIGHUP: %s take effect only after a restart", ", ".join(restart_only))
         log.info("SIGHUP: configuration reloaded from %s", new.source)
         self.cfg = new
-        k3s.install_token_file(new)  # small and local; before k3s may be restarted with it
+        self._prepare_files()  # small and local; before k3s may be restarted with them
         self.roles.reconfigure(new)
 
     async def _watch(self) -> None:

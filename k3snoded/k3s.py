@@ -17,12 +17,14 @@ Secrets stay off the command line, which every user can read through ``ps`` and
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import ipaddress
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
+from k3snoded.atomic import write_atomic
 from k3snoded.config import K3S_PORT, Config
 from k3snoded.errors import ConfigError, ConfigProblem
 from k3snoded.model import Role
@@ -219,22 +221,7 @@ def install_token_file(cfg: Config) -> Path:
         if target.read_bytes() == content and (target.stat().st_mode & 0o077) == 0:
             return target
     target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".token.")  # mkstemp creates it 0600
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_atomic(target, content, 0o600)
     return target
 
 
@@ -255,3 +242,26 @@ def clear_agent_state(cfg: Config) -> list[Path]:
             path.unlink()
             removed.append(path)
     return removed
+
+
+def node_password(key: bytes, node_name: str) -> str:
+    """The node password k3snoded gives ``node_name``: 32 hex, derived from the cluster key.
+
+    Deterministic, so a replacement machine with the same name presents the same password as
+    the machine it replaces (k3s stores it per node name and refuses a different one).
+    """
+    mac = hmac.new(key, b"k3snoded node password\0" + node_name.encode(), hashlib.sha256)
+    return mac.hexdigest()[:32]
+
+
+def ensure_node_password(cfg: Config, key: bytes) -> bool:
+    """Write ``k3s.node_password_file`` (0600) when it does not exist; never change one.
+
+    Blocking file I/O: call it from a thread. Returns True when it wrote the file.
+    """
+    path = cfg.k3s.node_password_file
+    if path.exists():
+        return False
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    write_atomic(path, (node_password(key, cfg.node.name) + "\n").encode(), 0o600)
+    return True

@@ -92,7 +92,11 @@ class DaemonHarness:
                 "state_dir": str(self.state_dir),
                 "run_dir": str(self.run_dir),
             },
-            "k3s": {"binary": str(self.wrapper), "data_dir": str(self.data_dir)},
+            "k3s": {
+                "binary": str(self.wrapper),
+                "data_dir": str(self.data_dir),
+                "node_password_file": str(self.fake_root / "etc/rancher/node/password"),
+            },
             "servers": {"count": 1},
             "registration": {"vip": {"enabled": False}},
             "discovery": {"mdns": False},

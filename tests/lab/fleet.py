@@ -49,6 +49,10 @@ class FleetNode:
         self.fake_env: dict[str, str] = {}
 
     @property
+    def node_password_file(self) -> Path:
+        return self.root / "etc" / "rancher" / "node" / "password"
+
+    @property
     def config_dir(self) -> Path:
         return self.dir / "etc"
 
@@ -76,7 +80,11 @@ class FleetNode:
                 "state_dir": str(self.state_dir),
                 "run_dir": str(self.run_dir),
             },
-            "k3s": {"binary": str(wrapper), "data_dir": str(self.data_dir)},
+            "k3s": {
+                "binary": str(wrapper),
+                "data_dir": str(self.data_dir),
+                "node_password_file": str(self.node_password_file),
+            },
         }
         if self.agent_only:
             node["node"]["role"] = "agent"

@@ -5,6 +5,7 @@ over first. The quick set; the long fault runs are behind ``make soak``.
 
 from __future__ import annotations
 
+import shutil
 import time
 
 import pytest
@@ -154,3 +155,37 @@ def test_leave_hands_over_before_stopping(lab_factory: LabFactory) -> None:
         timeout=10,
         what=f"{leaver} gone from the member table",
     )
+
+
+def test_replacement_machine_with_the_same_name_joins(lab_factory: LabFactory) -> None:
+    """k3s refuses a node name whose stored node password differs (k3s #6054, #802). A new
+    machine with the old one's name gets the same token-derived password from k3snoded."""
+    fleet = _fleet(lab_factory)
+    node = fleet.node("n4")  # the agent-only machine
+    first = node.node_password_file.read_text()
+
+    def replace_machine(password: str | None) -> None:
+        node.stop()
+        node.machine.stop_all()
+        shutil.rmtree(node.root)
+        shutil.rmtree(node.data_dir)
+        node.root.mkdir()
+        if password is not None:  # a password k3snoded did not choose
+            node.node_password_file.parent.mkdir(parents=True)
+            node.node_password_file.write_text(password)
+        node.start()
+
+    # Control: a fresh machine with some other password is refused by the servers.
+    replace_machine("0" * 32 + "\n")
+    time.sleep(8)
+    s = node.status()
+    assert s is not None and not s["k3s"]["ready"]
+    assert "Node password rejected" in node.log()
+
+    # A fresh disk: k3snoded writes the derived password, the servers accept it.
+    replace_machine(None)
+    fleet.wait(
+        lambda st: bool(st["n4"] and st["n4"]["k3s"]["ready"]), timeout=60, what="n4 rejoined"
+    )
+    assert node.node_password_file.read_text() == first
+    assert node.node_password_file.stat().st_mode & 0o777 == 0o600
