@@ -186,8 +186,10 @@ class LoadBalancer:
                 results = await asyncio.gather(*(self._check(session, a) for a in servers))
                 for addr, ok in zip(servers, results, strict=True):
                     if self.health.get(addr, True) != ok:
-                        state = "HEALTHY" if ok else "FAILED"
-                        logs.info(f"Server {addr} health check -> {state}")
+                        old = "ACTIVE" if addr == self.active else ("FAILED" if ok else "HEALTHY")
+                        new = "RECOVERING" if ok else "FAILED"
+                        verdict = "successful" if ok else "failed"
+                        logs.info(f"Server {addr}@{old}->{new} from {verdict} health check")
                     self.health[addr] = ok
                 active = self.active
                 if active is not None and not self.health.get(active, True):

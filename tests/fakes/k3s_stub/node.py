@@ -61,14 +61,14 @@ REJECTED = (
 
 
 def write_kubeconfig(
-    path: str, mode: str, group: str, ca_pem: bytes, port: int, password: str
+    path: str, mode: str, group: str, ca_pem: bytes, host: str, port: int, password: str
 ) -> None:
     ca = base64.b64encode(ca_pem).decode()
     text = f"""apiVersion: v1
 clusters:
 - cluster:
     certificate-authority-data: {ca}
-    server: https://127.0.0.1:{port}
+    server: https://{f"[{host}]" if ":" in host else host}:{port}
   name: default
 contexts:
 - context:

@@ -266,6 +266,7 @@ class Server:
             args.get_str("write-kubeconfig-mode"),
             args.get_str("write-kubeconfig-group"),
             ca_pem,
+            bind if bind not in ("0.0.0.0", "::", "") else "127.0.0.1",
             self.port,
             password,
         )
