@@ -30,6 +30,7 @@ from k3snoded.datastore import (
     MemberRecord,
     open_datastore,
 )
+from k3snoded.datastore.startup import prepare
 from k3snoded.election import ElectionInput, decide
 from k3snoded.errors import DatastoreError
 from k3snoded.model import Member, Role, RolePreference
@@ -130,25 +131,11 @@ class FleetRoles(RoleSource):
                 await asyncio.wait_for(self._wake.wait(), max(0.05, period - elapsed))
 
     async def _preflight(self) -> None:
-        delay = 1.0
-        for attempt in range(1, 1_000_000):
-            try:
-                await self.ds.preflight()
-                await self.ds.ensure_schema()
-                log.info("datastore ready: %s", self.ds.description)
-                return
-            except DatastoreError as err:
-                if attempt == 1 or attempt % 10 == 0:
-                    log.warning(
-                        "datastore not ready (%s); retrying every %.0f s (attempt %d)",
-                        err,
-                        delay,
-                        attempt,
-                    )
-                if self.wanted.role is Role.NONE:
-                    self.wanted = Wanted(Role.NONE, "", f"waiting for the datastore: {err}")
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+        """Preflight and schema, retried with backoff until the datastore answers."""
+        if self.wanted.role is Role.NONE:
+            self.wanted = Wanted(Role.NONE, "", "waiting for the datastore to answer")
+        await prepare(self.ds)
+        log.info("datastore ready: %s", self.ds.description)
 
     async def _cycle(self) -> None:
         t0 = time.monotonic()
