@@ -108,6 +108,11 @@ def test_env_fallback_and_flag_precedence() -> None:
             ["server", "--cluster-reset-restore-path", "/x"],
             "invalid flag use; --cluster-reset required with --cluster-reset-restore-path",
         ),
+        (["server", "--cluster-cidr", "10.42.0.0/33"], "invalid cluster-cidr 10.42.0.0/33"),
+        (["server", "--service-cidr", "nope"], "invalid service-cidr nope"),
+        (["server", "--cluster-dns", "10.43.0.x"], "invalid cluster-dns address 10.43.0.x"),
+        (["server", "--service-node-port-range", "3-x"], "invalid port range 3-x"),
+        (["server", "--egress-selector-mode", "x"], "invalid egress-selector-mode x"),
     ],
 )
 def test_validation_errors(k3s: Launcher, tmp_path: Path, argv: list[str], message: str) -> None:

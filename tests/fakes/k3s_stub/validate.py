@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import urllib.parse
 from pathlib import Path
@@ -39,6 +40,32 @@ def validate_server(args: Args) -> None:
         )
     if os.geteuid() != 0 and not (args.get_bool("rootless") or args.get_bool("disable-agent")):
         logs.fatal("server must run as root, or with --rootless and/or --disable-agent")
+    _networks(args)
+
+
+_EGRESS_MODES = ("agent", "cluster", "pod", "disabled")
+
+
+def _networks(args: Args) -> None:
+    """The address checks of the server's network flags (`invalid <flag> <value>`)."""
+    for flag in ("cluster-cidr", "service-cidr"):
+        for value in args.get_list(flag):
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                logs.fatal(f"invalid {flag} {value}")
+    for value in args.get_list("cluster-dns"):
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            logs.fatal(f"invalid cluster-dns address {value}")
+    ports = args.get_str("service-node-port-range")
+    low, _, high = ports.partition("-")
+    if not (low.isdigit() and high.isdigit() and int(low) <= int(high)):
+        logs.fatal(f"invalid port range {ports}")
+    mode = args.get_str("egress-selector-mode")
+    if mode not in _EGRESS_MODES:
+        logs.fatal(f"invalid egress-selector-mode {mode}")
 
 
 def validate_agent(args: Args) -> None:
@@ -50,3 +77,5 @@ def validate_agent(args: Args) -> None:
         logs.fatal("--server is required")
     if urllib.parse.urlsplit(server).scheme != "https":
         logs.fatal(f"only https:// URLs are supported, invalid scheme: {server}")
+    if os.geteuid() != 0 and not args.get_bool("rootless"):
+        logs.fatal("agent requires additional privilege if not run with --rootless")
