@@ -24,8 +24,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("K3S_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("K3S_", "FAKE_K3S_"))}
     env.pop("NOTIFY_SOCKET", None)
+    env["K3S_FAKE_BOOTSTRAP_WINDOW"] = "0"  # no race window unless a test asks for one
     env.update(extra or {})
     return env
 

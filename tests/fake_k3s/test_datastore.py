@@ -242,3 +242,25 @@ def test_stopped_server_leaves_apiservers(k3s: Launcher, tmp_path: Path) -> None
     s2.signal()
     assert s2.wait_exit(5) == 0
     assert json.loads(get(url, auth=("node", "pw")).body) == [f"127.0.0.2:{n1.port}"]
+
+
+def test_simultaneous_first_servers_diverge(k3s: Launcher, tmp_path: Path) -> None:
+    """Two servers with one token on an empty datastore both bootstrap (k3s #7185): the loser
+    of the race keeps its own CA. This is what k3snoded's bootstrap lease (D2) prevents."""
+    endpoint = f"sqlite://{tmp_path / 'shared.db'}"
+    n1, n2 = new_node(tmp_path, "s1"), new_node(tmp_path, "s2")
+    window = {"K3S_FAKE_BOOTSTRAP_WINDOW": "1"}
+    s1 = k3s.start(
+        n1.server_args("--token", "pw", "--datastore-endpoint", endpoint, ip="127.0.0.2"),
+        {**n1.env, **window},
+    )
+    s2 = k3s.start(
+        n2.server_args("--token", "pw", "--datastore-endpoint", endpoint, ip="127.0.0.3"),
+        {**n2.env, **window},
+    )
+    s1.wait_log("k3s is up and running")
+    s2.wait_log("k3s is up and running")
+    assert "bootstrap key already exists" in s1.log() + s2.log()
+    ca1 = get(f"https://127.0.0.2:{n1.port}/cacerts").body
+    ca2 = get(f"https://127.0.0.3:{n2.port}/cacerts").body
+    assert ca1 != ca2

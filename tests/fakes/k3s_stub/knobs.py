@@ -82,5 +82,9 @@ def datastore_latency() -> float:
     return seconds("K3S_FAKE_DATASTORE_LATENCY", 0.0)
 
 
+def bootstrap_window() -> float:
+    return seconds("K3S_FAKE_BOOTSTRAP_WINDOW", 1.0)
+
+
 def lease_interval() -> float:
     return seconds("K3S_FAKE_LEASE_INTERVAL", 2.0)

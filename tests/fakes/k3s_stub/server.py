@@ -109,6 +109,9 @@ class Server:
             ensure_cas(self.server_dir)
             return
         ensure_cas(self.server_dir)
+        # k3s saves the bootstrap data a while after finding none (certificates, kine, the
+        # apiserver start in between): servers started together race in this window.
+        await asyncio.sleep(knobs.bootstrap_window())
         try:
             await bootstrap.save(store, self.server_dir, password)
         except Exception as exc:
