@@ -18,6 +18,9 @@ Deliberate choices, within the RFC:
   while unhealthy. When healthy again it behaves like a freshly started backup.
 - When the priority changes while Master, an advertisement with the new priority goes out at
   once, so preempting backups learn about it without waiting an interval.
+- Two masters (a healed partition): the one that yields sends one last advert, and the winner,
+  hearing a lower-priority master, advertises at once and sends gratuitous ARP again, so
+  clients that followed the loser come back (keepalived: ``garp_lower_prio_repeat``).
 """
 
 from __future__ import annotations
@@ -245,8 +248,15 @@ def _on_advert(config: MachineConfig, s: MachineState, a: AdvertReceived) -> Ste
             return s, (SendAdvert(s.effective_priority), SetTimer(config.advert_interval))
         if _outranks(a, config, s):
             why = f"{a.source} outranks us (priority {a.priority} vs {s.effective_priority})"
-            return _become_backup(s, a.interval, a.source, why)
-        return s, ()  # discard: we outrank it; it will step down on our next advert
+            new, actions = _become_backup(s, a.interval, a.source, why)
+            # Not in the RFC: one last advert with our priority tells the winner that we held
+            # the address too (a healed partition), so it re-announces it to the clients that
+            # followed us (below). Backups just take it as a master's advert.
+            return new, (SendAdvert(s.effective_priority), *actions)
+        # Another master that we outrank (a healed partition, a thawed process). The RFC
+        # discards the advert; like keepalived (garp_lower_prio_repeat) we also advertise at
+        # once, so it yields now, and re-announce the address to the clients that followed it.
+        return s, (SendAdvert(s.effective_priority), SendGarp(), SetTimer(config.advert_interval))
     return s, ()
 
 

@@ -251,8 +251,9 @@ class VrrpSpeaker:
                     self._holds_vip = True
                     if self._garp_pending and self._want_vip:
                         self._garp_pending = False
-                        await self._stop_garp()
-                        self._garp_task = asyncio.create_task(self._garp_announce())
+                        # At most one announcement (burst, pause, burst) at a time.
+                        if self._garp_task is None or self._garp_task.done():
+                            self._garp_task = asyncio.create_task(self._garp_announce())
                 else:
                     await self._stop_garp()
                     if await nl.ensure_absent(index, self.vip):

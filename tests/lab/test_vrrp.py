@@ -7,6 +7,7 @@ addresses every ~10 ms throughout and measures how long two machines held the VI
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import time
@@ -220,3 +221,35 @@ def test_speaker_refuses_a_missing_interface(lab_factory: LabFactory) -> None:
     assert res.returncode == 1
     assert "no interface 'nope0'" in res.stderr
     assert isinstance(res, subprocess.CompletedProcess)
+
+
+def _client_mac_for_vip(client: Machine) -> str | None:
+    out = client.run(["ip", "-j", "neigh", "show", VIP]).stdout
+    entries = json.loads(out or "[]")
+    return str(entries[0]["lladdr"]) if entries and "lladdr" in entries[0] else None
+
+
+def test_partition_heals_to_one_holder_and_clients_follow(lab_factory: LabFactory) -> None:
+    """Both sides of a partition hold the VIP; on healing the higher priority keeps it, and its
+    gratuitous ARP brings back the clients that followed the other side."""
+    lab = lab_factory(2, with_client=True)
+    client = lab.client
+    assert client is not None
+    n1, n2 = lab.machines
+    # n1's takeover announcement (burst, 0.3 s, burst) is over before the partition, so only
+    # a fresh announcement on healing can bring the client back within the 2 s allowed.
+    a = start_ours(n1, 150, "--garp-repeat-after", "0.3")
+    wait_for("n1 master", lambda: a.state() == "master", timeout=10)
+    b = start_ours(n2, 100)
+    wait_for("n2 backup", lambda: b.state() == "backup", timeout=10)
+    time.sleep(0.5)
+    n1.partition()
+    wait_for("n2 master in the partition", lambda: b.state() == "master", timeout=2)
+    assert holders(lab.machines) == {"n1", "n2"}  # each side of the partition holds it
+    client.run(["ping", "-c", "1", "-W", "1", VIP], check=False)
+    assert _client_mac_for_vip(client) == n2.mac
+    n1.heal()
+    wait_for("n2 yielding", lambda: b.state() == "backup", timeout=2)
+    wait_for("one holder", lambda: holders(lab.machines) == {"n1"}, timeout=1)
+    wait_for("the client following n1", lambda: _client_mac_for_vip(client) == n1.mac, 2)
+    assert a.state() == "master"
