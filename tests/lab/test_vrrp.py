@@ -253,3 +253,33 @@ def test_partition_heals_to_one_holder_and_clients_follow(lab_factory: LabFactor
     wait_for("one holder", lambda: holders(lab.machines) == {"n1"}, timeout=1)
     wait_for("the client following n1", lambda: _client_mac_for_vip(client) == n1.mac, 2)
     assert a.state() == "master"
+
+
+def test_frozen_holder_loses_the_address_and_resolves_on_thaw(lab_factory: LabFactory) -> None:
+    """SIGSTOP of the holder: a backup takes over and the frozen copy expires (kernel lifetime),
+    so the address is not held twice for long; on SIGCONT the two masters resolve to one."""
+    lab = lab_factory(2, with_client=True)
+    client = lab.client
+    assert client is not None
+    n1, n2 = lab.machines
+    a = start_ours(n1, 150, "--garp-repeat-after", "0.3")
+    wait_for("n1 master", lambda: a.state() == "master", timeout=10)
+    b = start_ours(n2, 100)
+    wait_for("n2 backup", lambda: b.state() == "backup", timeout=10)
+    time.sleep(0.5)
+    with Sampler(lab.machines) as sampler:
+        before = time.monotonic()
+        n1.freeze(a.proc)
+        wait_for("n2 taking over", lambda: b.state() == "master", timeout=2)
+        wait_for("the frozen copy expiring", lambda: holders(lab.machines) == {"n2"}, timeout=3)
+        overlap = sampler.longest_overlap(since=before)
+        client.run(["ping", "-c", "1", "-W", "1", VIP], check=False)
+        assert _client_mac_for_vip(client) == n2.mac
+        n1.thaw(a.proc)
+        wait_for("one master again", lambda: [a.state(), b.state()].count("master") == 1, 3)
+        wait_for("one holder again", lambda: len(holders(lab.machines)) == 1, timeout=2)
+    (holder,) = holders(lab.machines)
+    want = n1 if holder == "n1" else n2
+    wait_for("the client following the holder", lambda: _client_mac_for_vip(client) == want.mac, 2)
+    assert sampler.error is None
+    assert overlap <= 2.5, f"two holders for {overlap:.3f} s while n1 was frozen"
