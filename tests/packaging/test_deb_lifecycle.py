@@ -29,6 +29,9 @@ STATE = Path("/var/lib/k3snoded")
 DEFAULTS = Path("/etc/default/k3snoded")
 EXAMPLE = ETC / "config.yaml.example"
 LOCK = Path("/run/lock/k3snoded-package-test.lock")
+# Exists exactly while this test has the package installed: a run killed before its cleanup
+# (SIGKILL, `timeout`) leaves it behind, and the next run, holding the lock, cleans up after it.
+STAMP = Path("/run/lock/k3snoded-package-test.installed")
 APT = ["apt-get", "-y", "-o", "DPkg::Lock::Timeout=300"]
 
 
@@ -85,18 +88,26 @@ def clean_machine() -> Iterator[None]:
     if os.geteuid() != 0:
         pytest.skip("installing a package needs root")
     with machine_lock():
+        if STAMP.exists():  # left by a killed run of this test: its package and files only
+            cleanup()
         st = status()
         if st != "absent" and not st.startswith("unknown ok not-installed"):
             pytest.skip(f"k3snoded is already installed here ({st}); not touching it")
         if ETC.exists() or STATE.exists():
             pytest.skip(f"{ETC} or {STATE} exists; not touching an operator's files")
+        STAMP.write_text(f"{os.getpid()}\n")
         try:
             yield
         finally:
-            run(*APT, "purge", "k3snoded")
-            shutil.rmtree(ETC, ignore_errors=True)
-            shutil.rmtree(STATE, ignore_errors=True)
+            cleanup()
             assert status() == "absent" or "not-installed" in status()
+
+
+def cleanup() -> None:
+    run(*APT, "purge", "k3snoded")
+    shutil.rmtree(ETC, ignore_errors=True)
+    shutil.rmtree(STATE, ignore_errors=True)
+    STAMP.unlink(missing_ok=True)
 
 
 def newer_package(built: Built, tmp_path: Path) -> tuple[Path, str]:
