@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from typing import Any
 
@@ -73,6 +74,7 @@ class FleetRoles(RoleSource):
         self._outage_logged = False
         self._last_try = 0.0
         self._wake = asyncio.Event()
+        self._ds_ok_since: float | None = None  # start of the current run of good cycles
         supervisor.on_change(self._child_changed)
 
     def _child_changed(self, status: ChildStatus) -> None:
@@ -106,6 +108,8 @@ class FleetRoles(RoleSource):
             started = time.monotonic()
             try:
                 await self._cycle()
+                if self._ds_ok_since is None:
+                    self._ds_ok_since = time.monotonic()
                 if self._outage_logged:
                     log.info("datastore reachable again; resuming coordination")
                     self._outage_logged = False
@@ -119,6 +123,7 @@ class FleetRoles(RoleSource):
                     )
                     self._outage_logged = True
                 self.is_coordinator = False
+                self._ds_ok_since = None
             await self.vip.ensure(
                 run=self.wanted.role is Role.SERVER, healthy=self.supervisor.status.ready
             )
@@ -181,7 +186,7 @@ class FleetRoles(RoleSource):
                 members=self.members,
                 assigned=self.assigned,
                 count=self.cfg.servers.count,
-                dead_after=self.cfg.coordination.dead_after,
+                dead_after=self._dead_after(),
             )
         )
         if d.roles != self.assigned:
@@ -191,6 +196,15 @@ class FleetRoles(RoleSource):
                 self.assigned = dict(d.roles)
             else:
                 self.is_coordinator = False
+
+    def _dead_after(self) -> float:
+        """Silence means death only once every member could have written a heartbeat while we
+        watched: right after a datastore outage every heartbeat is old, and judging then would
+        demote every server at once (roles swapping after a loss)."""
+        c = self.cfg.coordination
+        grace = c.renew_interval + 2 * c.retry_timeout
+        watched = 0.0 if self._ds_ok_since is None else time.monotonic() - self._ds_ok_since
+        return c.dead_after if watched >= grace else math.inf
 
     async def _reconcile(self) -> None:
         mine = self.assigned.get(self.me)

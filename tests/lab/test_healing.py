@@ -189,3 +189,48 @@ def test_replacement_machine_with_the_same_name_joins(lab_factory: LabFactory) -
     )
     assert node.node_password_file.read_text() == first
     assert node.node_password_file.stat().st_mode & 0o777 == 0o600
+
+
+def test_datastore_outage_changes_nothing_and_recovers(lab_factory: LabFactory) -> None:
+    """The outage policy: no role changes, k3s left running, the VIP stays on a server whose
+    API answers; coordination resumes by itself when the datastore is back."""
+    lab = lab_factory(4, with_db=True)
+    db = dbs.start(lab, "postgres")
+    # k3s itself would exit 255 after its own leader-election timeout; keep the stand-in up
+    # through this outage so "left running" is observable as the same pid.
+    fleet = Fleet(
+        lab,
+        endpoint=db.endpoint,
+        eligible=3,
+        agents=1,
+        servers=2,
+        fake_env={"K3S_FAKE_DATASTORE_LOSS_EXIT": "120"},
+    )
+    fleet.start_all()
+    st = fleet.wait(fleet.converged, timeout=90, what="fleet formed")
+    roles = {n: s["node"]["role"] for n, s in st.items() if s}
+    pids = {n: s["k3s"]["pid"] for n, s in st.items() if s}
+    holder = fleet.vip_holders()
+    dbs.stop(lab, "postgres")
+    deadline = time.monotonic() + 25
+    while time.monotonic() < deadline:
+        now = fleet.statuses()
+        assert {n: s["node"]["role"] for n, s in now.items() if s} == roles
+        assert {n: s["k3s"]["pid"] for n, s in now.items() if s} == pids
+        assert fleet.vip_holders() == holder
+        time.sleep(1.0)
+    assert any("datastore unavailable" in fleet.node(n).log() for n in roles if n != "n4")
+    dbs.start(lab, "postgres")
+    st = fleet.wait(
+        lambda st: (
+            fleet.converged(st)
+            and all("datastore reachable again" in fleet.node(n).log() for n in ("n1", "n2", "n3"))
+        ),
+        timeout=60,
+        what="coordination resumed",
+    )
+    assert {n: s["node"]["role"] for n, s in st.items() if s} == roles
+    after = {n: s["k3s"]["pid"] for n, s in st.items() if s}
+    assert after == pids, "\n".join(
+        fleet.node(n).log()[-4000:] for n in after if after[n] != pids[n]
+    )
