@@ -272,6 +272,9 @@ class Supervisor:
                 cwd=spec.cwd,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                # The unit runs k3snoded with UMask=0077 for its own secrets; k3s (kubelet,
+                # containerd, hostPath volumes) expects the 0022 its own unit gives it.
+                umask=0o022,
             )
         except OSError as exc:
             self._last_exit = None

@@ -145,6 +145,7 @@ class DaemonHarness:
             stderr=subprocess.STDOUT,
             cwd=self.tmp,
             start_new_session=True,
+            umask=0o077,  # as the unit's UMask=
         )
         log.close()
         return self.proc

@@ -78,6 +78,21 @@ def test_token_is_on_no_command_line_and_in_no_log(node: DaemonHarness) -> None:
     assert copy.stat().st_mode & 0o777 == 0o600
 
 
+def test_k3s_gets_umask_0022_while_the_daemon_runs_with_0077(node: DaemonHarness) -> None:
+    node.start()
+    s = node.wait_for(_ready, what="k3s ready")
+
+    def umask(pid: int) -> str:
+        line = next(
+            x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith("Umask")
+        )
+        return line.split()[1]
+
+    assert node.proc is not None
+    assert umask(node.proc.pid) == "0077"
+    assert umask(s["k3s"]["pid"]) == "0022"
+
+
 def test_clean_stop_stops_k3s_and_says_stopping(node: DaemonHarness) -> None:
     node.start()
     s = node.wait_for(_ready, what="k3s ready")
