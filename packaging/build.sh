@@ -10,10 +10,11 @@
 #
 # How the virtualenv ends up at /opt/k3snoded without touching the build machine's /opt:
 # venvs are not relocatable, because their scripts and pyvenv.cfg carry absolute paths. It is
-# created at <stage>/opt/k3snoded, filled with --no-compile, then every path that names the
-# stage is rewritten (script shebangs, activate scripts, pyvenv.cfg), the bytecode is compiled
-# with /opt/k3snoded as its source path, and the build fails if the stage path is left
-# anywhere in the tree. The venv's bin/python links to $PKG_PYTHON (/usr/bin/python3.11), a
+# created at <stage>/opt/k3snoded and filled with --no-compile; the scripts that carry the stage
+# path are removed (console and activate scripts: /usr/bin/k3snoded runs `python -m k3snoded`),
+# pyvenv.cfg is rewritten, the bytecode is compiled with /opt/k3snoded as its source path, and
+# the build fails if the stage path is left anywhere in the tree. The package is built from
+# the working tree (what the tests test); build releases from a clean checkout. The venv's bin/python links to $PKG_PYTHON (/usr/bin/python3.11), a
 # path that exists on the target.
 set -euo pipefail
 cd "$(dirname "$0")/.."
