@@ -160,6 +160,17 @@ def _multi_machine(cfg: Config) -> bool:
 
 
 def _k3s(c: Checker, cfg: Config) -> None:
+    k = cfg.k3s
+    if not k.mirror.startswith(("https://", "http://")):
+        c.add("k3s.mirror", f"'{k.mirror}' is not an http(s):// URL")
+    if not k.version.startswith("v"):
+        c.add("k3s.version", f"'{k.version}' is not a k3s release name such as v1.31.4+k3s1")
+    for key, path in (
+        ("k3s.airgap_file", k.airgap_file),
+        ("k3s.airgap_sha256_file", k.airgap_sha256_file),
+    ):
+        if path is not None and not path.is_file():
+            c.add(key, f"{path} is not a file")
     c.each("k3s.server_args", cfg.k3s.server_args, rules.check_k3s_arg)
     c.each("k3s.agent_args", cfg.k3s.agent_args, rules.check_k3s_arg)
     c.positive("k3s.ready_timeout", cfg.k3s.ready_timeout)

@@ -17,7 +17,7 @@ from k3snoded._config_host import HostFacts, Interface, detect_host
 from k3snoded._config_rules import hide_password
 from k3snoded._config_yaml import DROPIN_DIR, Sources, read_sources
 from k3snoded.errors import ConfigError, ConfigProblem
-from k3snoded.model import RolePreference
+from k3snoded.model import InstallMode, RolePreference
 
 __all__ = [
     "DEFAULT_API_PORT",
@@ -78,6 +78,12 @@ class K3sConfig:
     # derived from the cluster token and the node name, so a replacement machine with the same
     # name is accepted by the servers (docs/decisions/0006-node-passwords.md).
     node_password_file: Path = Path("/etc/rancher/node/password")
+    # Installing k3s itself when k3s.binary is missing (install: auto), verified by sha256.
+    install: InstallMode = InstallMode.NONE
+    version: str = "v1.31.4+k3s1"
+    mirror: str = "https://github.com/k3s-io/k3s/releases/download"
+    airgap_file: Path | None = None
+    airgap_sha256_file: Path | None = None
 
 
 @dataclass(frozen=True)

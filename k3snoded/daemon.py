@@ -16,7 +16,8 @@ from k3snoded import __version__, k3s
 from k3snoded.api import ApiServer
 from k3snoded.config import Config, load_config
 from k3snoded.discovery.signing import derive_key
-from k3snoded.errors import EX_CONFIG, ConfigError, K3snodedError
+from k3snoded.errors import EX_CONFIG, ConfigError, InstallError, K3snodedError
+from k3snoded.install import ensure_k3s, spec_from_config
 from k3snoded.logs import setup_logging
 from k3snoded.metrics import render_metrics
 from k3snoded.model import Peer, Role
@@ -131,7 +132,7 @@ class Daemon:
             async with asyncio.TaskGroup() as tg:
                 sup = tg.create_task(self.supervisor.run(), name="supervisor")
                 peers = tg.create_task(self.peers.run(), name="discovery")
-                roles = tg.create_task(self.roles.run(), name="roles")
+                roles = tg.create_task(self._run_roles(), name="roles")
                 watch = tg.create_task(self._watch(), name="notify")
                 await self._stop.wait()
                 self.notifier.notify("STOPPING=1")
@@ -147,6 +148,19 @@ class Daemon:
             await self.api.close()
         log.info("stopped")
         return 0
+
+    async def _run_roles(self) -> None:
+        """Make sure the k3s binary is there (installing it if configured), then run roles."""
+        delay = 10.0
+        while True:
+            try:
+                await ensure_k3s(spec_from_config(self.cfg.k3s), self.cfg.k3s.binary)
+                break
+            except InstallError as err:
+                log.error("k3s is not usable: %s; trying again in %.0f s", err, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 600.0)
+        await self.roles.run()
 
     def _prepare_files(self) -> None:
         """The 0600 token copy k3s reads, and the node password when the machine has none."""

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import hashlib
 import logging
 import os
@@ -38,7 +37,11 @@ from typing import BinaryIO, TypeVar
 
 import aiohttp
 
+from k3snoded.config import K3sConfig
 from k3snoded.errors import InstallError
+from k3snoded.model import InstallMode
+
+__all__ = ["InstallMode", "InstallSpec", "ensure_k3s", "spec_from_config"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -61,11 +64,6 @@ _MACHINE_TO_ARCH = {
     "arm": "armhf",
     "s390x": "s390x",
 }
-
-
-class InstallMode(enum.Enum):
-    NONE = "none"  # k3s must already be at k3s.binary
-    AUTO = "auto"  # download (or copy from airgap_file) when missing
 
 
 @dataclass(frozen=True)
@@ -307,3 +305,14 @@ def _commit(tmp: Path, out: BinaryIO, binary: Path) -> None:
         os.fsync(dirfd)
     finally:
         os.close(dirfd)
+
+
+def spec_from_config(k3s: K3sConfig) -> InstallSpec:
+    """The install spec the ``k3s:`` section of the config describes."""
+    return InstallSpec(
+        mode=k3s.install,
+        version=k3s.version,
+        mirror=k3s.mirror,
+        airgap_file=k3s.airgap_file,
+        airgap_sha256_file=k3s.airgap_sha256_file,
+    )

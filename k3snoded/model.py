@@ -14,6 +14,13 @@ class RolePreference(enum.Enum):
     AGENT = "agent"
 
 
+class InstallMode(enum.Enum):
+    """How k3s gets onto the machine (``k3s.install``)."""
+
+    NONE = "none"  # the operator installs k3s at k3s.binary
+    AUTO = "auto"  # k3snoded downloads (or copies k3s.airgap_file) when it is missing
+
+
 class Role(enum.Enum):
     """What a machine is running right now, or has been told to run."""
 

@@ -251,3 +251,57 @@ def test_metrics_and_healthz(tmp_path: Path) -> None:
         assert TOKEN not in text
     finally:
         h.close()
+
+
+def _airgap(tmp_path: Path, node: DaemonHarness, *, corrupt: bool) -> dict[str, object]:
+    import hashlib
+
+    image = tmp_path / "airgap" / "k3s"
+    image.parent.mkdir()
+    image.write_bytes(node.wrapper.read_bytes())
+    digest = hashlib.sha256(image.read_bytes()).hexdigest()
+    if corrupt:
+        digest = "0" * 64
+    sums = tmp_path / "airgap" / "sha256sum-amd64.txt"
+    sums.write_text(f"{digest}  k3s\n")
+    return {
+        "binary": str(tmp_path / "bin" / "k3s"),
+        "install": "auto",
+        "airgap_file": str(image),
+        "airgap_sha256_file": str(sums),
+    }
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the airgap list names the amd64 asset")
+def test_installs_k3s_from_an_airgap_file(tmp_path: Path) -> None:
+    h = DaemonHarness(tmp_path)
+    try:
+        cfg = yaml.safe_load(h.config_path.read_text())
+        cfg["k3s"].update(_airgap(tmp_path, h, corrupt=False))
+        h.write_config(cfg)
+        h.start()
+        h.wait_for(_ready, what="k3s installed and ready")
+        installed = tmp_path / "bin" / "k3s"
+        assert installed.stat().st_mode & 0o777 == 0o755
+        assert installed.read_bytes() == h.wrapper.read_bytes()
+    finally:
+        h.close()
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the airgap list names the amd64 asset")
+def test_refuses_a_k3s_whose_checksum_does_not_match(tmp_path: Path) -> None:
+    h = DaemonHarness(tmp_path)
+    try:
+        cfg = yaml.safe_load(h.config_path.read_text())
+        cfg["k3s"].update(_airgap(tmp_path, h, corrupt=True))
+        h.write_config(cfg)
+        h.start()
+        deadline = time.monotonic() + 20
+        while "k3s is not usable" not in h.log() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert "k3s is not usable" in h.log()
+        assert "0" * 64 in h.log()  # the expected digest is named
+        assert not (tmp_path / "bin" / "k3s").exists()
+        assert h.status()["k3s"]["pid"] is None
+    finally:
+        h.close()
