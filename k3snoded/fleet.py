@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import logging
 import math
 import time
@@ -43,6 +45,7 @@ from k3snoded.vip import VipKeeper
 log = logging.getLogger("k3snoded.fleet")
 
 COORDINATOR = "coordinator"
+VERIFIER_FLAG = "fleet_verifier"  # a verifier of the fleet's cluster key (token + name)
 FAST_CYCLE = 0.5  # seconds between cycles while the fleet converges
 
 
@@ -136,11 +139,40 @@ class FleetRoles(RoleSource):
                 await asyncio.wait_for(self._wake.wait(), max(0.05, period - elapsed))
 
     async def _preflight(self) -> None:
-        """Preflight and schema, retried with backoff until the datastore answers."""
+        """Preflight and schema, retried with backoff until the datastore answers; then make
+        sure this machine belongs to the fleet that uses this datastore."""
         if self.wanted.role is Role.NONE:
             self.wanted = Wanted(Role.NONE, "", "waiting for the datastore to answer")
         await prepare(self.ds)
         log.info("datastore ready: %s", self.ds.description)
+        for attempt in range(1_000_000):
+            try:
+                if await self._same_fleet():
+                    return
+            except DatastoreError as err:
+                log.warning("cannot check the fleet's token verifier: %s", err)
+            if attempt == 0:
+                log.error(
+                    "refusing to join: this machine's cluster token or cluster name differs from "
+                    "those of the fleet in %s (no heartbeat, no role); fix "
+                    "cluster.token_file / cluster.name and reload",
+                    self.ds.description,
+                )
+            self.wanted = Wanted(
+                Role.NONE, "", "refused: the cluster token or name differs from the fleet's"
+            )
+            await asyncio.sleep(30.0)
+
+    async def _same_fleet(self) -> bool:
+        """Compare a verifier of our cluster key with the one the fleet stored (the first
+        machine stores it). Datastore credentials alone do not make a machine a member: a
+        machine with another token would otherwise be elected and fail k3s's bootstrap."""
+        mine = hmac.new(self.peers.key, b"k3snoded token check", hashlib.sha256).hexdigest()
+        stored = (await self.ds.flags()).get(VERIFIER_FLAG)
+        if stored is None:
+            await self.ds.set_flag(VERIFIER_FLAG, mine)
+            stored = (await self.ds.flags()).get(VERIFIER_FLAG, mine)
+        return hmac.compare_digest(stored, mine)
 
     async def _cycle(self) -> None:
         t0 = time.monotonic()

@@ -39,6 +39,11 @@ class PeerBook:
         self.mdns: MdnsDiscovery | None = None
         self._announced: Peer | None = None
 
+    @property
+    def key(self) -> bytes:
+        """The cluster key (from the token and the cluster name) that signs what peers say."""
+        return self._key
+
     def install(self, app: web.Application) -> None:
         self.api.install(app)
 

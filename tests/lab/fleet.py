@@ -47,6 +47,7 @@ class FleetNode:
         self.log_path = self.dir / "k3snoded.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.fake_env: dict[str, str] = {}
+        self.overrides: dict[str, Any] = {}  # merged into this machine's drop-in
 
     @property
     def node_password_file(self) -> Path:
@@ -91,6 +92,11 @@ class FleetNode:
             node["datastore"] = {"endpoint": ""}
             if not self.fleet.agents_know_registration:
                 node["registration"] = {"address": None}  # unset: learn it from peers
+        for key, value in self.overrides.items():
+            if isinstance(value, dict) and isinstance(node.get(key), dict):
+                node[key] = {**node[key], **value}
+            else:
+                node[key] = value
         (etc / "config.d" / "50-machine.yaml").write_text(yaml.safe_dump(node))
 
     def start(self) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from tests.lab import dbs
 from tests.lab.fixtures import LabFactory, lab_factory, require_root
-from tests.lab.fleet import VIP, Fleet, Status
+from tests.lab.fleet import PYTHON, VIP, Fleet, FleetNode, Status
 
 __all__ = ["lab_factory"]
 
@@ -30,8 +30,6 @@ def _cacerts(fleet: Fleet, name: str) -> bytes:
         "context=c,timeout=5).read())"
     )
     node = fleet.node(name)
-    from tests.lab.fleet import PYTHON
-
     return node.machine.run([str(PYTHON), "-c", code]).stdout.encode()
 
 
@@ -58,6 +56,18 @@ def test_fleet_forms_with_one_bootstrap(lab_factory: LabFactory, kind: Any, serv
         s.get("bootstrapped_by") for s in st.values() if s and s.get("bootstrapped_by")
     }
     assert len(bootstrappers) == 1
+
+    # The kine table in the real database holds the cluster: one bootstrap key, the compaction
+    # key, and the servers' registrations.
+    code = (
+        f"c={db.python_connect_source()};k=c.cursor();"
+        "k.execute(\"SELECT name FROM kine WHERE name LIKE '/bootstrap/%' "
+        "OR name = 'compact_rev_key'\");print('\\n'.join(sorted({r[0] for r in k.fetchall()})))"
+    )
+    assert lab.db is not None
+    names = lab.db.run([str(PYTHON), "-c", code]).stdout.split()
+    assert "compact_rev_key" in names
+    assert len([n for n in names if n.startswith("/bootstrap/")]) == 1
 
     # The VIP sits on exactly one server.
     holders = fleet.vip_holders()
@@ -111,3 +121,33 @@ def test_seed_only_fleet_and_agents_learn_the_registration_address(
         assert s is not None
         assert s["node"]["role"] == "agent"
         assert s["registration"] == VIP
+
+
+def test_a_machine_with_another_token_changes_nothing(lab_factory: LabFactory) -> None:
+    """Datastore credentials alone do not make a member: a machine whose cluster token differs
+    is refused before it heartbeats, so it is never elected, and it says why."""
+    lab = lab_factory(4, with_db=True)
+    db = dbs.start(lab, "postgres")
+    fleet = Fleet(lab, endpoint=db.endpoint, eligible=2, agents=1, servers=2)
+    fleet.start_all()
+    st = fleet.wait(fleet.converged, timeout=90, what="fleet formed")
+    roles = _roles(st)
+    stranger = FleetNode(fleet, lab.machines[3], agent_only=False)
+    other = fleet.workdir / "other-token"
+    other.write_text("a-different-token-0123456789abcdef\n")
+    other.chmod(0o600)
+    stranger.overrides = {"cluster": {"token_file": str(other)}, "node": {"role": "server"}}
+    stranger.start()
+    deadline = time.monotonic() + 15
+    while "refusing to join" not in stranger.log() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "refusing to join" in stranger.log()
+    s = stranger.status()
+    assert s is not None and s["node"]["role"] == "none" and s["k3s"]["pid"] is None
+    time.sleep(3)
+    st = fleet.statuses()
+    assert _roles(st) == roles
+    for name in roles:
+        node = st[name]
+        assert node is not None
+        assert "n4" not in {p["name"] for p in node.get("peers", []) if "alive" in p}
