@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from k3snoded.config import K3sConfig
 from k3snoded.errors import InstallError
 from k3snoded.install import (
     CN_MIRROR,
+    DEFAULT_VERSION,
     GITHUB_MIRROR,
+    InstallMode,
+    InstallSpec,
     asset_name,
     expected_digest,
     machine_arch,
     release_url,
+    spec_from_config,
 )
 
 A = "a" * 64
@@ -76,3 +83,14 @@ def test_missing_line_is_refused() -> None:
 def test_malformed_digest_is_refused() -> None:
     with pytest.raises(InstallError, match="no valid sha256"):
         expected_digest("deadbeef  k3s\n", "k3s", "list")
+
+
+def test_spec_from_config() -> None:
+    assert spec_from_config(K3sConfig()) == InstallSpec()
+    k3s = K3sConfig(install=InstallMode.AUTO, mirror=CN_MIRROR, airgap_file=Path("/srv/k3s"))
+    spec = spec_from_config(k3s)
+    assert spec.mode is InstallMode.AUTO
+    assert spec.mirror == CN_MIRROR
+    assert spec.airgap_file == Path("/srv/k3s")
+    assert spec.version == DEFAULT_VERSION == K3sConfig().version
+    assert K3sConfig().mirror == GITHUB_MIRROR
