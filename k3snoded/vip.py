@@ -33,6 +33,11 @@ class VipKeeper:
         self._task: asyncio.Task[None] | None = None
         self._healthy = False
         self._failed_logged = False
+        if self.enabled:
+            # Import now, not at the first promotion: after a package upgrade /opt holds the
+            # new code while this daemon still runs the old one (packaging/README.md).
+            import k3snoded.vrrp.netlink
+            import k3snoded.vrrp.speaker  # noqa: F401
 
     def _vip(self) -> IPv4Interface:
         return IPv4Interface(f"{self.address}/{self.cfg.registration.vip.prefix}")

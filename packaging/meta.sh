@@ -30,11 +30,7 @@ virtualenv under /opt/k3snoded."
 PKG_PYTHON=/usr/bin/python3.11
 VENV_DIR=/opt/k3snoded
 
-# Pins the venv needs beyond requirements/runtime.txt. aiohttp 3.14 and aiosignal require
-# typing_extensions, which runtime.txt lacks (dev.txt has it, so the dev venv hides the gap);
-# `pip check` in build.sh fails the build on any such gap. Same version as requirements/dev.txt.
-# Remove once requirements/runtime.txt pins it.
-PKG_EXTRA_PINS=(typing_extensions==4.16.0)
+PKG_EXTRA_PINS=()  # pins beyond requirements/runtime.txt (none today)
 
 # Runtime dependencies. The venv's C extensions are manylinux wheels (glibc only), except
 # systemd-python, which is built here against libsystemd and links libsystemd.so.0.
