@@ -178,28 +178,72 @@ def insecure_tls_context() -> ssl.SSLContext:
     return ctx
 
 
-async def http_status(url: str, ctx: ssl.SSLContext, seconds: float) -> int | None:
-    """The status code of ``GET url`` (http or https), or None when there is no answer in time."""
-    parts = urlsplit(url)
-    tls = parts.scheme == "https"
-    host = parts.hostname or "127.0.0.1"
-    port = parts.port or (443 if tls else 80)
-    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    writer: asyncio.StreamWriter | None = None
-    try:
-        async with asyncio.timeout(seconds):
-            reader, writer = await asyncio.open_connection(host, port, ssl=ctx if tls else None)
-            netloc = parts.netloc.rpartition("@")[2]
-            writer.write(
-                f"GET {path} HTTP/1.1\r\nHost: {netloc}\r\nConnection: close\r\n\r\n".encode()
+_FAILURES = (OSError, ssl.SSLError, EOFError, ValueError, asyncio.LimitOverrunError)
+
+
+class HttpProbe:
+    """``GET url`` (http or https) over one kept-alive connection: the status code, or None.
+
+    The readiness probe runs every second for as long as k3s runs; a fresh TLS handshake each
+    time was most of the daemon's idle CPU. The connection is reopened after any failure, so
+    a restarted k3s is reached again on the next probe.
+    """
+
+    def __init__(self, url: str, ctx: ssl.SSLContext) -> None:
+        parts = urlsplit(url)
+        self._tls = parts.scheme == "https"
+        self._host = parts.hostname or "127.0.0.1"
+        self._port = parts.port or (443 if self._tls else 80)
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        netloc = parts.netloc.rpartition("@")[2]
+        self._request = f"GET {path} HTTP/1.1\r\nHost: {netloc}\r\n\r\n".encode()
+        self._ctx = ctx
+        self._conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def status(self, seconds: float) -> int | None:
+        try:
+            async with asyncio.timeout(seconds):
+                if self._conn is not None:
+                    try:
+                        return await self._exchange()
+                    except _FAILURES:
+                        self.close()  # a kept connection went stale (k3s restarted): reopen once
+                return await self._exchange()
+        except (*_FAILURES, TimeoutError):
+            self.close()
+            return None
+
+    async def _exchange(self) -> int | None:
+        if self._conn is None:
+            self._conn = await asyncio.open_connection(
+                self._host, self._port, ssl=self._ctx if self._tls else None
             )
-            line = await reader.readline()
+        reader, writer = self._conn
+        writer.write(self._request)
+        line = await reader.readline()
         fields = line.split()
-        if len(fields) >= 2 and fields[0].startswith(b"HTTP/") and fields[1].isdigit():
-            return int(fields[1])
-        return None
-    except (OSError, TimeoutError, ssl.SSLError, EOFError):
-        return None
-    finally:
-        if writer is not None:
-            writer.transport.abort()  # no TLS close_notify dance: nothing more to say
+        if len(fields) < 2 or not fields[0].startswith(b"HTTP/") or not fields[1].isdigit():
+            raise ValueError("not an HTTP answer")
+        length, keep = 0, True
+        for _ in range(100):  # headers; a bounded number of them
+            header = await reader.readline()
+            if header in (b"\r\n", b"\n", b""):
+                break
+            name, _, value = header.partition(b":")
+            name = name.strip().lower()
+            if name == b"content-length":
+                length = int(value.strip())
+            elif name == b"connection" and value.strip().lower() == b"close":
+                keep = False
+            elif name == b"transfer-encoding":
+                keep = False  # not worth parsing chunks for a health check
+        if keep and 0 <= length <= 65536:
+            await reader.readexactly(length)
+        else:
+            self.close()
+        return int(fields[1])
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn[1].transport.abort()  # no TLS close_notify dance: nothing more to say
+            self._conn = None

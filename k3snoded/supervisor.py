@@ -19,9 +19,9 @@ from k3snoded.notify import NotifyListener, NotifyMessage
 from k3snoded.process import (
     ChildSpec,
     ChildStatus,
+    HttpProbe,
     PidRecord,
     describe_exit,
-    http_status,
     insecure_tls_context,
     process_starttime,
     read_pidfile,
@@ -109,6 +109,7 @@ class Supervisor:
         self._stable_after = stable_after
         self._crash_loop_exits = crash_loop_exits
         self._tls = insecure_tls_context()
+        self._probes: dict[str, HttpProbe] = {}  # one kept-alive connection per ready_url
         self._wanted: ChildSpec | _Unset | None = _UNSET
         self._kick = asyncio.Event()
         self._shutdown: bool | None = None  # None: keep running; else stop the child or not
@@ -245,9 +246,17 @@ class Supervisor:
         await self._wait(wake - now)
 
     async def _probe(self, url: str) -> bool:
-        return await http_status(url, self._tls, self._probe_timeout) == 200
+        probe = self._probes.get(url)
+        if probe is None:
+            for old in self._probes.values():
+                old.close()
+            probe = HttpProbe(url, self._tls)
+            self._probes = {url: probe}
+        return await probe.status(self._probe_timeout) == 200
 
     async def _finish(self, stop_child: bool) -> None:
+        for probe in self._probes.values():
+            probe.close()
         child = self._child
         if child is None:
             return
