@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from k3snoded.errors import AuthenticationError
+from k3snoded.tokens import TokenError, normalize
 
 KEY_SIZE = 32
 CLUSTER_FIELD = "c"
@@ -50,28 +51,15 @@ _SIG = re.compile(r"^[A-Za-z0-9_-]{43}$")
 
 
 def token_password(token: str) -> str:
-    """The secret part of a k3s token, normalised the way k3s does (``pkg/clientaccess``).
+    """The secret part of a k3s token, normalised the way k3s does (``tokens.normalize``).
 
     ``K10<ca-hash>::<user>:<password>`` and the short form ``<password>`` with the same password
     are the same cluster secret. Raises ValueError for a token k3s itself would refuse.
     """
-    token = token.strip()
-    if not token:
-        raise ValueError("token must not be empty")
-    if not token.startswith("K10"):
-        return token  # short form: k3s rewrites it to K10:::<token>, whose password is <token>
-    rest = token[3:]
-    ca_hash, sep, creds = rest.partition("::")
-    if not sep:
-        creds = rest
-    elif ca_hash and len(ca_hash) != _CA_HASH_LENGTH:
-        raise ValueError("invalid token CA hash length")
-    _user, colon, password = creds.partition(":")
-    if colon and password:
-        return password
-    if _BOOTSTRAP_TOKEN.match(creds):
-        return creds
-    raise ValueError("invalid token format")
+    try:
+        return normalize(token.strip())
+    except TokenError as exc:
+        raise ValueError(str(exc)) from exc
 
 
 def derive_key(token: str, cluster: str) -> bytes:
