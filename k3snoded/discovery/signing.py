@@ -44,8 +44,6 @@ _SALT = b"k3snoded-discovery-v1"
 _RECORD_LABEL = b"k3snoded-record-v1"
 _REQUEST_LABEL = b"k3snoded-request-v1"
 _RESPONSE_LABEL = b"k3snoded-response-v1"
-_CA_HASH_LENGTH = 64
-_BOOTSTRAP_TOKEN = re.compile(r"^[a-z0-9]{6}\.[a-z0-9]{16}$")
 _NONCE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 _SIG = re.compile(r"^[A-Za-z0-9_-]{43}$")
 
