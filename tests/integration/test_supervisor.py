@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import re
-import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -25,22 +24,6 @@ from tests.integration.children.kit import (
     wait_status,
     wait_until,
 )
-
-
-@pytest.fixture
-def run_dir() -> Iterator[Path]:
-    # Short: a unix socket path must fit in 107 bytes.
-    with tempfile.TemporaryDirectory(prefix="k3sn-sup-", dir="/tmp") as d:
-        yield Path(d)
-
-
-@pytest.fixture
-def tracker() -> Iterator[Tracker]:
-    t = Tracker()
-    try:
-        yield t
-    finally:
-        t.kill_all()
 
 
 @asynccontextmanager

@@ -6,11 +6,7 @@ import asyncio
 import os
 import signal
 import subprocess
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from k3snoded.model import ChildState
 from k3snoded.process import PidRecord, process_starttime, read_pidfile, write_pidfile
@@ -25,21 +21,6 @@ from tests.integration.children.kit import (
     wait_status,
     wait_until,
 )
-
-
-@pytest.fixture
-def run_dir() -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="k3sn-adp-", dir="/tmp") as d:
-        yield Path(d)
-
-
-@pytest.fixture
-def tracker() -> Iterator[Tracker]:
-    t = Tracker()
-    try:
-        yield t
-    finally:
-        t.kill_all()
 
 
 def _spec(run_dir: Path, port: int, *extra: str) -> ChildSpec:

@@ -36,15 +36,6 @@ def root() -> Iterator[Path]:
         yield Path(d)
 
 
-@pytest.fixture
-def tracker() -> Iterator[Tracker]:
-    t = Tracker()
-    try:
-        yield t
-    finally:
-        t.kill_all()
-
-
 def _config(root: Path, port: int) -> Config:
     token = root / "etc-token"
     token.write_text(TOKEN + "\n")
