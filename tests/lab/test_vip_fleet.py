@@ -1,0 +1,100 @@
+"""The VIP with the whole daemon (issue: the registration address): it follows the health of the
+local k3s API, never sits on an agent, and is never held twice beyond one advert interval.
+The speaker alone (and keepalived interop) is tested in test_vrrp*.py.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from tests.lab import dbs
+from tests.lab.fixtures import LabFactory, lab_factory, require_root
+from tests.lab.fleet import VIP, Fleet
+
+__all__ = ["lab_factory"]
+
+require_root()
+pytestmark = pytest.mark.lab
+
+
+class HolderSampler:
+    """Samples every machine's addresses; records the longest stretch with two holders."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+        self.longest_double = 0.0
+        self.agent_held = False
+        self.period = 0.0  # longest time one sampling round took
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        since: float | None = None
+        deadline = time.monotonic() + 300
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            started = time.monotonic()
+            holders = [n for n in self.fleet.nodes if VIP in n.machine.ipv4_addresses()]
+            now = time.monotonic()
+            self.period = max(self.period, now - started)
+            if any(n.agent_only for n in holders):
+                self.agent_held = True
+            if len(holders) > 1:
+                since = now if since is None else since
+                self.longest_double = max(self.longest_double, now - since)
+            else:
+                since = None
+            time.sleep(0.02)
+
+    def __enter__(self) -> HolderSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+def test_vip_leaves_an_unhealthy_api_and_does_not_come_back(lab_factory: LabFactory) -> None:
+    lab = lab_factory(4, with_db=True)
+    db = dbs.start(lab, "postgres")
+    fleet = Fleet(lab, endpoint=db.endpoint, eligible=3, agents=1, servers=2)
+    for n in fleet.nodes:
+        n.fake_env = {"K3S_FAKE_PING_FAIL_FILE": str(n.dir / "ping-fail")}
+    with HolderSampler(fleet) as sampler:
+        fleet.start_all()
+        st = fleet.wait(
+            lambda st: fleet.converged(st) and len(fleet.vip_holders()) == 1,
+            timeout=90,
+            what="fleet formed, VIP held",
+        )
+        holder = fleet.vip_holders()[0]
+        k3s_pid = st[holder]["k3s"]["pid"]  # type: ignore[index]
+        (fleet.node(holder).dir / "ping-fail").touch()  # its API server stops answering /ping
+        t0 = time.monotonic()
+        deadline = t0 + 15
+        while time.monotonic() < deadline and fleet.vip_holders() in ([holder], []):
+            time.sleep(0.05)
+        moved = fleet.vip_holders()
+        assert len(moved) == 1 and moved[0] != holder, f"VIP still on {moved}"
+        assert fleet.node(moved[0]).status()["node"]["role"] == "server"  # type: ignore[index]
+        status = fleet.node(holder).status()
+        assert status is not None and status["k3s"]["pid"] == k3s_pid, "k3s must not be killed"
+        assert not status["k3s"]["ready"]
+        # Healthy again: no preemption, the address stays where it is.
+        (fleet.node(holder).dir / "ping-fail").unlink()
+        fleet.wait(
+            lambda st: bool((st[holder] or {}).get("k3s", {}).get("ready")),
+            timeout=20,
+            what="old holder healthy again",
+        )
+        time.sleep(2)
+        assert fleet.vip_holders() == moved
+    # One advert interval (0.1 s), plus what one sampling round can blur.
+    allowed = 0.1 + 2 * sampler.period
+    assert sampler.longest_double <= allowed, (
+        f"two holders for {sampler.longest_double:.2f} s (allowed {allowed:.2f} s)"
+    )
+    assert not sampler.agent_held, "an agent held the VIP"
