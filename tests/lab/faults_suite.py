@@ -83,6 +83,8 @@ class InvariantSampler:
         self.excluded: set[str] = set()  # machines a scenario left dead (not restarted)
         self.fresh_cluster = False  # a scenario that wipes the cluster (cold boot on empty data)
         self.max_overlap = 0.0  # longest time with >1 holder, violation or not
+        self.no_holder = 0.0  # total time with no holder (the VIP unreachable)
+        self.moves = 0  # times the VIP settled on a different single machine
         self._holders: tuple[str, ...] = ()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -105,6 +107,8 @@ class InvariantSampler:
         self._thread.join(timeout=10)
         self.notes["vip_samples"] = self._samples
         self.notes["max_overlap_s"] = round(self.max_overlap, 3)
+        self.notes["no_holder_s"] = round(self.no_holder, 2)
+        self.notes["vip_moves"] = self.moves
 
     def violation(self, text: str) -> None:
         with self._lock:
@@ -121,8 +125,11 @@ class InvariantSampler:
         fds = {n.name: os.open(f"/run/netns/{n.machine.netns}", os.O_RDONLY) for n in nodes}
         home = os.open(f"/proc/self/task/{threading.get_native_id()}/ns/net", os.O_RDONLY)
         began = time.monotonic()
+        last = began
+        settled: tuple[str, ...] = ()  # the last single holder seen
         since: float | None = None  # start of the current episode with >1 holder
         counted = False
+        leaked: set[int] = set()
         next_scan = began
         try:
             while not self._stop.is_set() and time.monotonic() - began < self.max_run:
@@ -133,8 +140,14 @@ class InvariantSampler:
                     if n.name not in self.isolated and _holds_vip(fds[n.name], n.machine.interface)
                 )
                 with self._lock:
+                    if not holders and self._samples:
+                        self.no_holder += t - last
                     self._holders = holders
                     self._samples += 1
+                last = t
+                if len(holders) == 1 and holders != settled:
+                    self.moves += settled != ()
+                    settled = holders
                 if len(holders) > 1:
                     since = t if since is None else since
                     length = t - since
@@ -146,7 +159,8 @@ class InvariantSampler:
                     since, counted = None, False
                 if t >= next_scan:
                     next_scan = t + TOKEN_SCAN_INTERVAL
-                    for pid in token_in_cmdlines(self.fleet.lab):
+                    for pid in set(token_in_cmdlines(self.fleet.lab)) - leaked:
+                        leaked.add(pid)
                         self.violation(f"token in the cmdline of pid {pid}")
                 time.sleep(max(0.0, SAMPLE_INTERVAL - (time.monotonic() - t)))
         finally:
