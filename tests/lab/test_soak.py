@@ -25,7 +25,9 @@ BACK_WITHIN = 15.0  # issue 7: "recovery within seconds" after a datastore outag
 def _run(lab_factory: LabFactory, name: str) -> Outcome:
     lab = lab_factory(4, with_db=True)
     fleet, db = formed_fleet(lab)
-    return run(name, fleet, db)
+    out = run(name, fleet, db)
+    print(f"\n{name}: recovered in {out.recovery:.2f} s, violations {out.violations}, {out.notes}")
+    return out
 
 
 STALE_VIP_BOUND = 2.0  # the holder's VIP kernel lifetime (1 s) + the kernel's expiry granularity
