@@ -21,7 +21,7 @@ import math
 import time
 from typing import Any
 
-from k3snoded.config import Config
+from k3snoded.config import Config, CoordinationConfig
 from k3snoded.datastore import (
     BOOTSTRAP_LEASE as BOOTSTRAP,
 )
@@ -201,9 +201,8 @@ class FleetRoles(RoleSource):
     async def _coordinate(self) -> None:
         ttl = self.cfg.coordination.lease_ttl
         now = time.monotonic()
-        # Holders renew every cycle; others only try once per half TTL (statement budget).
-        if self.is_coordinator or now - self._last_try >= ttl / 2:
-            self._last_try = now
+        if lease_due(now - self._last_try, holder=self.is_coordinator, c=self.cfg.coordination):
+            self._last_try = now  # taken before the statement: the lease is at least this new
             was = self.is_coordinator
             self.is_coordinator = await self.ds.try_lease(COORDINATOR, self.me, ttl)
             if self.is_coordinator and not was:
@@ -355,6 +354,16 @@ class FleetRoles(RoleSource):
             "leaving": "left" if self.left else ("handing over" if self.leaving else None),
             "counters": {**self.counters, "statements": self.ds.statements},
         }
+
+
+def lease_due(since: float, *, holder: bool, c: CoordinationConfig) -> bool:
+    """Whether to send the coordinator-lease statement this cycle, ``since`` seconds after the
+    last one. A holder renews only when waiting one more cycle could let the lease run out (one
+    renewal attempt of 2 x retry_timeout must still fit in the TTL): with the defaults, every
+    second cycle. Others try once per half TTL. Both keep the statement budget at rest."""
+    if holder:
+        return since + c.renew_interval + 2 * c.retry_timeout > c.lease_ttl
+    return since >= c.lease_ttl / 2
 
 
 def _api_port(listen: str) -> int:
