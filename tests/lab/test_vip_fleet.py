@@ -98,3 +98,38 @@ def test_vip_leaves_an_unhealthy_api_and_does_not_come_back(lab_factory: LabFact
         f"two holders for {sampler.longest_double:.2f} s (allowed {allowed:.2f} s)"
     )
     assert not sampler.agent_held, "an agent held the VIP"
+
+
+def test_a_killed_daemon_leaves_no_stale_vip(lab_factory: LabFactory) -> None:
+    """SIGKILL of the holder's daemon (its k3s keeps running): the VIP guard removes the
+    address at once instead of leaving it for its 1 s kernel lifetime beside the new holder."""
+    lab = lab_factory(3, with_db=True)
+    db = dbs.start(lab, "postgres")
+    fleet = Fleet(lab, endpoint=db.endpoint, eligible=3, agents=0, servers=2)
+    fleet.start_all()
+    fleet.wait(
+        lambda st: fleet.converged(st) and len(fleet.vip_holders()) == 1,
+        timeout=90,
+        what="fleet formed, VIP held",
+    )
+    holder = fleet.node(fleet.vip_holders()[0])
+    with HolderSampler(fleet) as sampler:
+        t0 = time.monotonic()
+        holder.kill()
+        gone_after = None
+        while time.monotonic() - t0 < 5:
+            if VIP not in holder.machine.ipv4_addresses():
+                gone_after = time.monotonic() - t0
+                break
+            time.sleep(0.01)
+        assert gone_after is not None and gone_after < 0.3, f"VIP still there after {gone_after}"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not [
+            h for h in fleet.vip_holders() if h != holder.name
+        ]:
+            time.sleep(0.05)
+        assert [h for h in fleet.vip_holders() if h != holder.name], "nobody took the VIP over"
+    allowed = 0.1 + 2 * sampler.period
+    assert sampler.longest_double <= allowed, (
+        f"two holders for {sampler.longest_double:.2f} s (allowed {allowed:.2f} s)"
+    )
