@@ -6,6 +6,7 @@ outside: its status socket, sd_notify messages, /proc, exit codes.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -73,6 +74,9 @@ def test_token_is_on_no_command_line_and_in_no_log(node: DaemonHarness) -> None:
             continue
         assert TOKEN.encode() not in cmdline, f"token on the command line of pid {pid}"
     assert TOKEN not in node.log()
+    assert TOKEN not in json.dumps(node.status())  # nor in an API response
+    sock = node.socket_path
+    assert sock.stat().st_mode & 0o777 == 0o600 and sock.parent.stat().st_mode & 0o777 == 0o700
     copy = node.state_dir / "token"
     assert copy.read_text().strip() == TOKEN
     assert copy.stat().st_mode & 0o777 == 0o600
