@@ -149,6 +149,12 @@ class DiscoveryConfig:
 class ApiConfig:
     listen: str = f"0.0.0.0:{DEFAULT_API_PORT}"  # peer API (signed requests); "" disables it
 
+    @property
+    def port(self) -> int:
+        """The TCP port of ``listen``; 0 when the peer API is disabled."""
+        _, _, port = self.listen.rpartition(":")
+        return int(port) if port.isdigit() else 0
+
 
 @dataclass(frozen=True)
 class Config:

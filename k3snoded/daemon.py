@@ -94,7 +94,7 @@ class Daemon:
             name=self.cfg.node.name,
             cluster=self.cfg.cluster.name,
             addresses=(self.cfg.node.address,) if self.cfg.node.address else (),
-            api_port=_port(self.cfg.api.listen),
+            api_port=self.cfg.api.port,
             role=w.role,
             registration=w.registration or self.cfg.registration.address or None,
         )
@@ -216,11 +216,6 @@ class Daemon:
                 self.notifier.notify("READY=1")
                 log.info("local %s is running and ready", self.roles.wanted.role.value)
             await asyncio.sleep(tick)
-
-
-def _port(listen: str) -> int:
-    _, _, port = listen.rpartition(":")
-    return int(port) if port.isdigit() else 0
 
 
 def run_daemon(config_path: Path) -> int:

@@ -23,12 +23,9 @@ from typing import Any
 
 from k3snoded.config import Config, CoordinationConfig
 from k3snoded.datastore import (
-    BOOTSTRAP_LEASE as BOOTSTRAP,
-)
-from k3snoded.datastore import (
-    BOOTSTRAPPED_FLAG as BOOTSTRAPPED,
-)
-from k3snoded.datastore import (
+    BOOTSTRAP_LEASE,
+    BOOTSTRAPPED_FLAG,
+    COORDINATOR_LEASE,
     Datastore,
     MemberRecord,
     open_datastore,
@@ -44,7 +41,6 @@ from k3snoded.vip import VipKeeper
 
 log = logging.getLogger("k3snoded.fleet")
 
-COORDINATOR = "coordinator"
 VERIFIER_FLAG = "fleet_verifier"  # a verifier of the fleet's cluster key (token + name)
 FAST_CYCLE = 0.5  # seconds between cycles while the fleet converges
 
@@ -181,7 +177,7 @@ class FleetRoles(RoleSource):
             MemberRecord(
                 name=self.me,
                 address=self.cfg.node.address,
-                api_port=_api_port(self.cfg.api.listen),
+                api_port=self.cfg.api.port,
                 preference=self.cfg.node.role,
                 eligible=self.eligible,
                 role=self.wanted.role,
@@ -204,12 +200,13 @@ class FleetRoles(RoleSource):
         if lease_due(now - self._last_try, holder=self.is_coordinator, c=self.cfg.coordination):
             self._last_try = now  # taken before the statement: the lease is at least this new
             was = self.is_coordinator
-            self.is_coordinator = await self.ds.try_lease(COORDINATOR, self.me, ttl)
+            self.is_coordinator = await self.ds.try_lease(COORDINATOR_LEASE, self.me, ttl)
             if self.is_coordinator and not was:
                 log.info("acquired the coordinator lease")
             elif was and not self.is_coordinator:
                 log.warning("lost the coordinator lease")
         if not self.is_coordinator:
+            await self._learn_coordinator()
             return
         self.coordinator = self.me
         d = decide(
@@ -227,6 +224,18 @@ class FleetRoles(RoleSource):
                 self.assigned = dict(d.roles)
             else:
                 self.is_coordinator = False
+
+    async def _learn_coordinator(self) -> None:
+        """Who holds the coordinator lease, for status: read only when unknown or when the
+        known holder's heartbeat is late, so it costs nothing at rest."""
+        if self.coordinator == self.me:
+            self.coordinator = None
+        late = 2 * self.cfg.coordination.renew_interval
+        known = next((m for m in self.members if m.name == self.coordinator), None)
+        if known is not None and known.heartbeat_age <= late:
+            return
+        lease = await self.ds.lease(COORDINATOR_LEASE)
+        self.coordinator = lease.holder if lease else None
 
     def _dead_after(self) -> float:
         """Silence means death only once every member could have written a heartbeat while we
@@ -254,22 +263,22 @@ class FleetRoles(RoleSource):
     async def _reconcile_server(self, registration: str) -> None:
         if self.bootstrapped_by is None:
             flags = await self.ds.flags()
-            self.bootstrapped_by = flags.get(BOOTSTRAPPED)
+            self.bootstrapped_by = flags.get(BOOTSTRAPPED_FLAG)
         if self.bootstrapped_by is not None:
             self.apply(Wanted(Role.SERVER, registration, "the coordinator assigned server"))
             return
         ttl = self.cfg.coordination.lease_ttl
-        if await self.ds.try_lease(BOOTSTRAP, self.me, ttl):
+        if await self.ds.try_lease(BOOTSTRAP_LEASE, self.me, ttl):
             if self.supervisor.status.ready and self.wanted.role is Role.SERVER:
-                await self.ds.set_flag(BOOTSTRAPPED, self.me)
-                await self.ds.release_lease(BOOTSTRAP, self.me)
+                await self.ds.set_flag(BOOTSTRAPPED_FLAG, self.me)
+                await self.ds.release_lease(BOOTSTRAP_LEASE, self.me)
                 self.bootstrapped_by = self.me
                 log.info("bootstrapped the cluster; other servers may start now")
             self.apply(
                 Wanted(Role.SERVER, registration, "bootstrapping the cluster (first server)")
             )
             return
-        lease = await self.ds.lease(BOOTSTRAP)
+        lease = await self.ds.lease(BOOTSTRAP_LEASE)
         holder = lease.holder if lease else "another server"
         self.apply(Wanted(Role.NONE, "", f"waiting for {holder} to bootstrap the cluster first"))
 
@@ -304,7 +313,7 @@ class FleetRoles(RoleSource):
         await self.vip.stop()
         self.apply(Wanted(Role.NONE, "", "left the fleet (k3snoded leave)"))
         if self.is_coordinator:
-            await self.ds.release_lease(COORDINATOR, self.me)
+            await self.ds.release_lease(COORDINATOR_LEASE, self.me)
             self.is_coordinator = False
         await self.ds.remove_member(self.me)
         self.left = True
@@ -328,7 +337,7 @@ class FleetRoles(RoleSource):
         await self.vip.stop()
         if self.is_coordinator:
             try:
-                await self.ds.release_lease(COORDINATOR, self.me)
+                await self.ds.release_lease(COORDINATOR_LEASE, self.me)
             except DatastoreError as err:
                 log.warning("could not release the coordinator lease: %s", err)
         await self.ds.close()
@@ -364,8 +373,3 @@ def lease_due(since: float, *, holder: bool, c: CoordinationConfig) -> bool:
     if holder:
         return since + c.renew_interval + 2 * c.retry_timeout > c.lease_ttl
     return since >= c.lease_ttl / 2
-
-
-def _api_port(listen: str) -> int:
-    _, _, port = listen.rpartition(":")
-    return int(port) if port.isdigit() else 0
