@@ -33,7 +33,7 @@ demo: setup
 	$(PY) -m tests.lab.demo $(DEMO_ARGS)
 
 bench: setup dbs
-	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@for b in bench/[!_]*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 soak: setup dbs
 	$(PY) -m pytest -q -m soak $(PYTEST_ARGS)
