@@ -309,3 +309,65 @@ def test_refuses_a_k3s_whose_checksum_does_not_match(tmp_path: Path) -> None:
         assert h.status()["k3s"]["pid"] is None
     finally:
         h.close()
+
+
+def test_sighup_with_a_good_config_applies_it(node: DaemonHarness) -> None:
+    node.start()
+    s = node.wait_for(_ready, what="k3s ready")
+    cfg = yaml.safe_load(node.config_path.read_text())
+    cfg["k3s"]["server_args"] = ["--disable=traefik"]
+    node.write_config(cfg)
+    node.signal(signal.SIGHUP)
+    # A new command line is a new child spec: the supervisor restarts k3s with it.
+    node.wait_for(
+        lambda x: x["k3s"]["ready"] and x["k3s"]["pid"] not in (None, s["k3s"]["pid"]),
+        what="k3s restarted with the new command line",
+    )
+    assert "configuration reloaded" in node.log()
+
+
+def test_status_command_prints_the_node(node: DaemonHarness) -> None:
+    node.start()
+    node.wait_for(_ready, what="k3s ready")
+    for extra, want in (([], "role server"), (["--json"], '"role": "server"')):
+        r = subprocess.run(
+            [str(PYTHON), "-m", "k3snoded", "status", "--config", str(node.config_path), *extra],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert r.returncode == 0, r.stderr
+        assert want in r.stdout
+        assert TOKEN not in r.stdout
+
+
+def test_status_without_a_daemon_says_so(tmp_path: Path) -> None:
+    h = DaemonHarness(tmp_path)
+    try:
+        r = subprocess.run(
+            [str(PYTHON), "-m", "k3snoded", "status", "--config", str(h.config_path)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert r.returncode == 69
+        assert "cannot reach the daemon" in r.stderr
+    finally:
+        h.close()
+
+
+def test_token_generate_writes_a_0600_file(tmp_path: Path) -> None:
+    out = tmp_path / "token"
+    r = subprocess.run(
+        [str(PYTHON), "-m", "k3snoded", "token", "generate", "--output", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    token = out.read_text().strip()
+    assert len(token) >= 32 and token not in r.stdout + r.stderr
+    assert out.stat().st_mode & 0o777 == 0o600
