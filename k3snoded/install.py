@@ -46,8 +46,8 @@ __all__ = ["InstallMode", "InstallSpec", "ensure_k3s", "spec_from_config"]
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-DEFAULT_VERSION = "v1.31.4+k3s1"
-GITHUB_MIRROR = "https://github.com/k3s-io/k3s/releases/download"
+DEFAULT_VERSION = K3sConfig.version  # the pinned release: one place, the config default
+GITHUB_MIRROR = K3sConfig.mirror
 CN_MIRROR = "https://rancher-mirror.rancher.cn/k3s/{version_dashed}"
 MAX_BINARY_BYTES = 512 * 1024 * 1024  # k3s is ~70 MB; bounds a runaway or hostile response
 MAX_LIST_BYTES = 1024 * 1024
