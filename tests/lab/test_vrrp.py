@@ -15,7 +15,7 @@ import time
 import pytest
 
 from tests.lab.fixtures import LabFactory, lab_factory, require_root
-from tests.lab.netns import Machine
+from tests.lab.netns import Lab, Machine
 from tests.lab.test_vrrp_support import (
     ADVERT,
     VIP,
@@ -229,20 +229,27 @@ def _client_mac_for_vip(client: Machine) -> str | None:
     return str(entries[0]["lladdr"]) if entries and "lladdr" in entries[0] else None
 
 
-def test_partition_heals_to_one_holder_and_clients_follow(lab_factory: LabFactory) -> None:
-    """Both sides of a partition hold the VIP; on healing the higher priority keeps it, and its
-    gratuitous ARP brings back the clients that followed the other side."""
+def _master_and_backup(lab_factory: LabFactory) -> tuple[Lab, Machine, Ours, Ours]:
+    """n1 master at 150 (GARP repeat after 0.3 s), n2 backup at 100, a client; settled."""
     lab = lab_factory(2, with_client=True)
     client = lab.client
     assert client is not None
     n1, n2 = lab.machines
-    # n1's takeover announcement (burst, 0.3 s, burst) is over before the partition, so only
-    # a fresh announcement on healing can bring the client back within the 2 s allowed.
     a = start_ours(n1, 150, "--garp-repeat-after", "0.3")
     wait_for("n1 master", lambda: a.state() == "master", timeout=10)
     b = start_ours(n2, 100)
     wait_for("n2 backup", lambda: b.state() == "backup", timeout=10)
     time.sleep(0.5)
+    return lab, client, a, b
+
+
+def test_partition_heals_to_one_holder_and_clients_follow(lab_factory: LabFactory) -> None:
+    """Both sides of a partition hold the VIP; on healing the higher priority keeps it, and its
+    gratuitous ARP brings back the clients that followed the other side."""
+    # n1's takeover announcement (burst, 0.3 s, burst) is over before the partition, so only
+    # a fresh announcement on healing can bring the client back within the 2 s allowed.
+    lab, client, a, b = _master_and_backup(lab_factory)
+    n1, n2 = lab.machines
     n1.partition()
     wait_for("n2 master in the partition", lambda: b.state() == "master", timeout=2)
     assert holders(lab.machines) == {"n1", "n2"}  # each side of the partition holds it
@@ -258,15 +265,8 @@ def test_partition_heals_to_one_holder_and_clients_follow(lab_factory: LabFactor
 def test_frozen_holder_loses_the_address_and_resolves_on_thaw(lab_factory: LabFactory) -> None:
     """SIGSTOP of the holder: a backup takes over and the frozen copy expires (kernel lifetime),
     so the address is not held twice for long; on SIGCONT the two masters resolve to one."""
-    lab = lab_factory(2, with_client=True)
-    client = lab.client
-    assert client is not None
+    lab, client, a, b = _master_and_backup(lab_factory)
     n1, n2 = lab.machines
-    a = start_ours(n1, 150, "--garp-repeat-after", "0.3")
-    wait_for("n1 master", lambda: a.state() == "master", timeout=10)
-    b = start_ours(n2, 100)
-    wait_for("n2 backup", lambda: b.state() == "backup", timeout=10)
-    time.sleep(0.5)
     with Sampler(lab.machines) as sampler:
         before = time.monotonic()
         n1.freeze(a.proc)
