@@ -12,7 +12,7 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ class ApiServer:
         healthy: Callable[[], bool],
         listen: str = "",
         peer_setup: Iterable[Callable[[web.Application], None]] = (),
-        leave: Callable[[], None] | None = None,
+        leave: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._socket_path = socket_path
         self._status = status
@@ -95,7 +95,7 @@ class ApiServer:
     async def _post_leave(self, _: web.Request) -> web.Response:
         if self._leave is None:
             return web.json_response({"error": "leave is not supported"}, status=501)
-        self._leave()
+        await self._leave()
         return web.json_response({"leaving": True}, status=202)
 
     async def _get_metrics(self, _: web.Request) -> web.Response:

@@ -57,6 +57,8 @@ class Daemon:
             leave=self.leave,
         )
         self._stop = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        self._reloads: set[asyncio.Task[None]] = set()
         self._ready_sent = False
         self._last_status_line = ""
 
@@ -118,7 +120,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._request_stop, sig)
-        loop.add_signal_handler(signal.SIGHUP, self._reload)
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         log.info(
             "k3snoded %s starting: node %s, cluster %s, config %s",
             __version__,
@@ -135,6 +137,8 @@ class Daemon:
                 roles = tg.create_task(self._run_roles(), name="roles")
                 watch = tg.create_task(self._watch(), name="notify")
                 await self._stop.wait()
+                for reload in list(self._reloads):
+                    reload.cancel()
                 self.notifier.notify("STOPPING=1")
                 log.info("stopping: releasing the role, then stopping k3s")
                 await self.roles.stop()
@@ -169,9 +173,9 @@ class Daemon:
         if k3s.ensure_node_password(self.cfg, key):
             log.info("wrote k3s's node password file %s", self.cfg.k3s.node_password_file)
 
-    def leave(self) -> None:
+    async def leave(self) -> None:
         """``k3snoded leave``: hand over what this node holds, then stop k3s."""
-        self.roles.leave()
+        await self.roles.leave()
 
     def _request_stop(self, sig: signal.Signals) -> None:
         if self._stop.is_set():
@@ -179,26 +183,39 @@ class Daemon:
         log.info("received %s", sig.name)
         self._stop.set()
 
-    def _reload(self) -> None:
-        try:
-            new = load_config(self.cfg.source)
-        except ConfigError as err:
-            log.error("SIGHUP: the new configuration is invalid; keeping the running one\n%s", err)
-            return
-        if new == self.cfg:
-            log.info("SIGHUP: configuration unchanged")
-            return
-        restart_only = []
-        if new.node.run_dir != self.cfg.node.run_dir:
-            restart_only.append("node.run_dir")
-        if new.api != self.cfg.api:
-            restart_only.append("api")
-        if restart_only:
-            log.warning("SIGHUP: %s take effect only after a restart", ", ".join(restart_only))
-        log.info("SIGHUP: configuration reloaded from %s", new.source)
-        self.cfg = new
-        self._prepare_files()  # small and local; before k3s may be restarted with them
-        self.roles.reconfigure(new)
+    def _on_sighup(self) -> None:
+        """Reload in a task: reading and validating the config is file I/O, kept off the loop."""
+        task = asyncio.create_task(self._reload(), name="reload")
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def _reload(self) -> None:
+        async with self._reload_lock:  # one reload at a time, in the order of the signals
+            try:
+                new = await asyncio.to_thread(load_config, self.cfg.source)
+            except ConfigError as err:
+                log.error(
+                    "SIGHUP: the new configuration is invalid; keeping the running one\n%s", err
+                )
+                return
+            if new == self.cfg:
+                log.info("SIGHUP: configuration unchanged")
+                return
+            restart_only = []
+            if new.node.run_dir != self.cfg.node.run_dir:
+                restart_only.append("node.run_dir")
+            if new.api != self.cfg.api:
+                restart_only.append("api")
+            if restart_only:
+                log.warning("SIGHUP: %s take effect only after a restart", ", ".join(restart_only))
+            log.info("SIGHUP: configuration reloaded from %s", new.source)
+            self.cfg = new
+            try:
+                await asyncio.to_thread(self._prepare_files)  # before k3s restarts with them
+            except (OSError, K3snodedError) as err:
+                log.error("SIGHUP: cannot prepare the token or node password files: %s", err)
+                return
+            await self.roles.reconfigure(new)
 
     async def _watch(self) -> None:
         """Feed the watchdog, keep STATUS= current, send READY=1 once the role runs."""

@@ -98,7 +98,7 @@ class FleetRoles(RoleSource):
         before = await asyncio.to_thread(remembered_role, self.cfg)
         if before is not None and before.role is Role.AGENT and before.registration:
             # An agent needs no datastore: resume at once; the coordinator may change it later.
-            self.apply(
+            await self.apply(
                 Wanted(Role.AGENT, before.registration, "resuming the agent role it had before")
             )
         await self._preflight()
@@ -249,14 +249,16 @@ class FleetRoles(RoleSource):
     async def _reconcile(self) -> None:
         mine = self.assigned.get(self.me)
         if mine is None:
-            self.apply(Wanted(Role.NONE, "", "waiting for the coordinator to assign a role"))
+            await self.apply(Wanted(Role.NONE, "", "waiting for the coordinator to assign a role"))
             return
         registration = self._registration()
         if mine is Role.AGENT:
             if not registration:
-                self.apply(Wanted(Role.NONE, "", "agent, but no server is ready to register to"))
+                await self.apply(
+                    Wanted(Role.NONE, "", "agent, but no server is ready to register to")
+                )
                 return
-            self.apply(Wanted(Role.AGENT, registration, "the coordinator assigned agent"))
+            await self.apply(Wanted(Role.AGENT, registration, "the coordinator assigned agent"))
             return
         await self._reconcile_server(registration or self.cfg.node.address)
 
@@ -265,7 +267,7 @@ class FleetRoles(RoleSource):
             flags = await self.ds.flags()
             self.bootstrapped_by = flags.get(BOOTSTRAPPED_FLAG)
         if self.bootstrapped_by is not None:
-            self.apply(Wanted(Role.SERVER, registration, "the coordinator assigned server"))
+            await self.apply(Wanted(Role.SERVER, registration, "the coordinator assigned server"))
             return
         ttl = self.cfg.coordination.lease_ttl
         if await self.ds.try_lease(BOOTSTRAP_LEASE, self.me, ttl):
@@ -274,16 +276,18 @@ class FleetRoles(RoleSource):
                 await self.ds.release_lease(BOOTSTRAP_LEASE, self.me)
                 self.bootstrapped_by = self.me
                 log.info("bootstrapped the cluster; other servers may start now")
-            self.apply(
+            await self.apply(
                 Wanted(Role.SERVER, registration, "bootstrapping the cluster (first server)")
             )
             return
         lease = await self.ds.lease(BOOTSTRAP_LEASE)
         holder = lease.holder if lease else "another server"
-        self.apply(Wanted(Role.NONE, "", f"waiting for {holder} to bootstrap the cluster first"))
+        await self.apply(
+            Wanted(Role.NONE, "", f"waiting for {holder} to bootstrap the cluster first")
+        )
 
     # ---- leaving the fleet on purpose (k3snoded leave) --------------------------------------
-    def leave(self) -> None:
+    async def leave(self) -> None:
         """Hand over: stop being eligible, keep running until a replacement is ready, then stop
         k3s, release the VIP and the coordinator lease and delete our member row."""
         if not self.leaving:
@@ -306,12 +310,12 @@ class FleetRoles(RoleSource):
 
     async def _hand_over(self) -> None:
         if self.wanted.role is Role.SERVER and not self._handed_over():
-            self.apply(
+            await self.apply(
                 Wanted(Role.SERVER, self.wanted.registration, "leaving: waiting for a replacement")
             )
             return
         await self.vip.stop()
-        self.apply(Wanted(Role.NONE, "", "left the fleet (k3snoded leave)"))
+        await self.apply(Wanted(Role.NONE, "", "left the fleet (k3snoded leave)"))
         if self.is_coordinator:
             await self.ds.release_lease(COORDINATOR_LEASE, self.me)
             self.is_coordinator = False

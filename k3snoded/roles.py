@@ -52,30 +52,30 @@ class RoleSource(abc.ABC):
     async def stop(self) -> None:  # noqa: B027 (optional hook; most sources hold nothing)
         """Release what the role holds (VIP, leases) before k3s is stopped."""
 
-    def reconfigure(self, cfg: Config) -> None:
+    async def reconfigure(self, cfg: Config) -> None:
         """A validated new config (SIGHUP); re-apply the role with it."""
         self.cfg = cfg
-        self.apply(self.wanted, force=True)
+        await self.apply(self.wanted, force=True)
 
     def status(self) -> dict[str, Any]:
         return {"vip": {"address": self.cfg.registration.address or None, "held": False}}
 
-    def leave(self) -> None:
+    async def leave(self) -> None:
         """``k3snoded leave``: nothing to hand over without a fleet; just stop k3s."""
-        self.apply(Wanted(Role.NONE, "", "left (k3snoded leave)"))
+        await self.apply(Wanted(Role.NONE, "", "left (k3snoded leave)"))
 
-    def apply(self, wanted: Wanted, *, force: bool = False) -> None:
-        """Make ``wanted`` the target; log one sentence when it changes."""
+    async def apply(self, wanted: Wanted, *, force: bool = False) -> None:
+        """Make ``wanted`` the target; log one sentence when it changes. The file work of a
+        role change (agent state, the remembered role) runs in a thread, off the loop."""
         if wanted == self.wanted and not force:
             return
-        if wanted.role != self.wanted.role or wanted.registration != self.wanted.registration:
+        changed = wanted.role != self.wanted.role or wanted.registration != self.wanted.registration
+        if changed:
             log.info("role %s: %s", wanted.role.value, wanted.reason)
         if self.wanted.role is Role.AGENT and wanted.role is Role.SERVER:
-            k3s.clear_agent_state(self.cfg)
-        if wanted.role is not Role.NONE and (
-            wanted.role != self.wanted.role or wanted.registration != self.wanted.registration
-        ):
-            remember_role(self.cfg, wanted)
+            await asyncio.to_thread(k3s.clear_agent_state, self.cfg)
+        if changed and wanted.role is not Role.NONE:
+            await asyncio.to_thread(remember_role, self.cfg, wanted)
         self.wanted = wanted
         if wanted.role is Role.NONE:
             self.supervisor.want(None)
@@ -136,16 +136,16 @@ class StaticRoles(RoleSource):
 
     async def run(self) -> None:
         while not self.left:
-            self.apply(static_role(self.cfg, self.peers.registration() or ""))
+            await self.apply(static_role(self.cfg, self.peers.registration() or ""))
             await asyncio.sleep(1.0)
 
-    def leave(self) -> None:
+    async def leave(self) -> None:
         self.left = True
-        super().leave()
+        await super().leave()
 
-    def reconfigure(self, cfg: Config) -> None:
+    async def reconfigure(self, cfg: Config) -> None:
         self.cfg = cfg
-        self.apply(static_role(cfg, self.peers.registration() or ""), force=True)
+        await self.apply(static_role(cfg, self.peers.registration() or ""), force=True)
 
     def status(self) -> dict[str, Any]:
         return {**super().status(), "peers": self.peers.status()}
