@@ -48,6 +48,9 @@ def test_fleet_forms_with_one_bootstrap(lab_factory: LabFactory, kind: Any, serv
     assert roles["n4"] == roles["n5"] == "agent", "machines without credentials are agents"
     server_names = sorted(n for n, r in roles.items() if r == "server")
     assert len(server_names) == servers
+    # Every machine of the fleet names the same coordinator in its status.
+    coordinators = {s.get("coordinator") for s in st.values() if s and "coordinator" in s}
+    assert len(coordinators) == 1 and None not in coordinators, coordinators
 
     # One bootstrap: every server serves the same cluster CA.
     cas = {n: _cacerts(fleet, n) for n in server_names}

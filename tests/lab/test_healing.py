@@ -234,3 +234,30 @@ def test_datastore_outage_changes_nothing_and_recovers(lab_factory: LabFactory) 
     assert after == pids, "\n".join(
         fleet.node(n).log()[-4000:] for n in after if after[n] != pids[n]
     )
+
+
+def test_an_agent_machine_restarted_during_an_outage_resumes_its_role(
+    lab_factory: LabFactory,
+) -> None:
+    """The role persisted in state_dir: a fleet agent whose machine restarts while the datastore
+    is down runs its agent again without waiting for the datastore (agents do not need it)."""
+    lab = lab_factory(4, with_db=True)
+    db = dbs.start(lab, "postgres")
+    fleet = Fleet(lab, endpoint=db.endpoint, eligible=3, agents=1, servers=2)
+    fleet.start_all()
+    st = fleet.wait(fleet.converged, timeout=90, what="fleet formed")
+    agent = next(
+        n for n in fleet.nodes if not n.agent_only and (st[n.name] or {})["node"]["role"] == "agent"
+    )
+    dbs.stop(lab, "postgres")
+    agent.stop()
+    agent.machine.stop_all()  # the machine restarts: its k3s is gone too
+    agent.start()
+    s = fleet.wait(
+        lambda st: bool((st[agent.name] or {}).get("k3s", {}).get("pid")),
+        timeout=20,
+        what=f"{agent.name}'s agent running again with the datastore down",
+    )[agent.name]
+    assert s is not None and s["node"]["role"] == "agent"
+    assert "resuming the agent role" in s["decision"]
+    assert "datastore ready" not in agent.log().split("k3snoded 0.1.0 starting")[-1]
