@@ -5,7 +5,6 @@ The speaker alone (and keepalived interop) is tested in test_vrrp*.py.
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
@@ -13,6 +12,7 @@ import pytest
 from tests.lab import dbs
 from tests.lab.fixtures import LabFactory, lab_factory, require_root
 from tests.lab.fleet import VIP, Fleet
+from tests.lab.test_vrrp_support import Sampler
 
 __all__ = ["lab_factory"]
 
@@ -20,41 +20,18 @@ require_root()
 pytestmark = pytest.mark.lab
 
 
-class HolderSampler:
-    """Samples every machine's addresses; records the longest stretch with two holders."""
+def _sampler(fleet: Fleet) -> Sampler:
+    return Sampler([n.machine for n in fleet.nodes], max_seconds=300.0)
 
-    def __init__(self, fleet: Fleet) -> None:
-        self.fleet = fleet
-        self.longest_double = 0.0
-        self.agent_held = False
-        self.period = 0.0  # longest time one sampling round took
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        since: float | None = None
-        deadline = time.monotonic() + 300
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            started = time.monotonic()
-            holders = [n for n in self.fleet.nodes if VIP in n.machine.ipv4_addresses()]
-            now = time.monotonic()
-            self.period = max(self.period, now - started)
-            if any(n.agent_only for n in holders):
-                self.agent_held = True
-            if len(holders) > 1:
-                since = now if since is None else since
-                self.longest_double = max(self.longest_double, now - since)
-            else:
-                since = None
-            time.sleep(0.02)
-
-    def __enter__(self) -> HolderSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
+def _check(fleet: Fleet, sampler: Sampler) -> None:
+    """Never two holders beyond one advert interval (plus what sampling blurs); never an
+    agent holding it."""
+    assert sampler.error is None
+    allowed = 0.1 + 2 * sampler.max_gap()
+    longest = sampler.longest_overlap()
+    assert longest <= allowed, f"two holders for {longest:.2f} s (allowed {allowed:.2f} s)"
+    assert not [n.name for n in fleet.nodes if n.agent_only and sampler.ever_held_by(n.name)]
 
 
 def test_vip_leaves_an_unhealthy_api_and_does_not_come_back(lab_factory: LabFactory) -> None:
@@ -63,7 +40,7 @@ def test_vip_leaves_an_unhealthy_api_and_does_not_come_back(lab_factory: LabFact
     fleet = Fleet(lab, endpoint=db.endpoint, eligible=3, agents=1, servers=2)
     for n in fleet.nodes:
         n.fake_env = {"K3S_FAKE_PING_FAIL_FILE": str(n.dir / "ping-fail")}
-    with HolderSampler(fleet) as sampler:
+    with _sampler(fleet) as sampler:
         fleet.start_all()
         st = fleet.wait(
             lambda st: fleet.converged(st) and len(fleet.vip_holders()) == 1,
@@ -92,12 +69,7 @@ def test_vip_leaves_an_unhealthy_api_and_does_not_come_back(lab_factory: LabFact
         )
         time.sleep(2)
         assert fleet.vip_holders() == moved
-    # One advert interval (0.1 s), plus what one sampling round can blur.
-    allowed = 0.1 + 2 * sampler.period
-    assert sampler.longest_double <= allowed, (
-        f"two holders for {sampler.longest_double:.2f} s (allowed {allowed:.2f} s)"
-    )
-    assert not sampler.agent_held, "an agent held the VIP"
+    _check(fleet, sampler)
 
 
 def test_a_killed_daemon_leaves_no_stale_vip(lab_factory: LabFactory) -> None:
@@ -113,7 +85,7 @@ def test_a_killed_daemon_leaves_no_stale_vip(lab_factory: LabFactory) -> None:
         what="fleet formed, VIP held",
     )
     holder = fleet.node(fleet.vip_holders()[0])
-    with HolderSampler(fleet) as sampler:
+    with _sampler(fleet) as sampler:
         t0 = time.monotonic()
         holder.kill()
         gone_after = None
@@ -129,7 +101,4 @@ def test_a_killed_daemon_leaves_no_stale_vip(lab_factory: LabFactory) -> None:
         ]:
             time.sleep(0.05)
         assert [h for h in fleet.vip_holders() if h != holder.name], "nobody took the VIP over"
-    allowed = 0.1 + 2 * sampler.period
-    assert sampler.longest_double <= allowed, (
-        f"two holders for {sampler.longest_double:.2f} s (allowed {allowed:.2f} s)"
-    )
+    _check(fleet, sampler)

@@ -8,6 +8,7 @@ its stale copy until the kernel lifetime runs out, but nobody can reach it there
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import subprocess
@@ -168,6 +169,12 @@ class Sampler:
         """The time of the first sample at or after since in which name held the VIP."""
         with self._lock:
             return next((t for t, held in self.samples if t >= since and name in held), None)
+
+    def max_gap(self) -> float:
+        """The longest time between two samples: what the sampling itself can blur."""
+        with self._lock:
+            times = [t for t, _ in self.samples]
+        return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
 
     def ever_held_by(self, name: str) -> bool:
         with self._lock:
