@@ -35,6 +35,11 @@ SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || 
 export SOURCE_DATE_EPOCH
 
 # 1. The private virtualenv. --------------------------------------------------------------
+# Hermetic: pip neither reads nor writes a cache (a wheel that scripts/setup.sh built from
+# source with another interpreter carried a RUNPATH into that interpreter's directory), and
+# the build user's home (pip config, user site) is replaced by an empty one.
+export HOME=$WORK/home PIP_NO_CACHE_DIR=1 PYTHONNOUSERSITE=1
+mkdir -p "$HOME"
 VSTAGE=$WORK/venv
 VENV=$VSTAGE$VENV_DIR
 log "virtualenv with $PKG_PYTHON ($("$PKG_PYTHON" -V 2>&1))"

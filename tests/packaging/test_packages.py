@@ -94,6 +94,30 @@ def test_lintian_reports_no_errors(built: Built) -> None:
     assert "unused-override" not in proc.stdout
 
 
+def test_deb_holds_nothing_of_the_build_machine(built: Built, tmp_path: Path) -> None:
+    """A hermetic build: no extension module searches libraries in a path of the machine that
+    built it (a wheel left in pip's cache by another interpreter brought a RUNPATH into
+    /root/.pyenv), and no file names the build user's home or pyenv."""
+    need_tools("readelf")
+    run("dpkg-deb", "-x", str(built.deb), str(tmp_path))
+    leaks: list[str] = []
+    for so in sorted(tmp_path.rglob("*.so*")):
+        if not so.is_file() or so.is_symlink():
+            continue
+        dynamic = run("readelf", "-d", str(so)).stdout
+        for line in dynamic.splitlines():
+            if "(RUNPATH)" in line or "(RPATH)" in line:
+                paths = line.split("[", 1)[1].rstrip("]").split(":")
+                leaks += [f"{so.relative_to(tmp_path)}: {p}" for p in paths if "$ORIGIN" not in p]
+    for path in sorted(tmp_path.rglob("*")):
+        if path.is_file() and not path.is_symlink():
+            data = path.read_bytes()
+            for marker in (b"/.pyenv/", b"/.cache/pip/", str(Path.home()).encode() + b"/."):
+                if marker in data:
+                    leaks.append(f"{path.relative_to(tmp_path)} names {marker.decode()}")
+    assert leaks == []
+
+
 # -- .rpm -------------------------------------------------------------------------------------
 
 
