@@ -10,7 +10,16 @@ import time
 from pathlib import Path
 
 from tests.fake_k3s.client import get
-from tests.fake_k3s.harness import K3s, Launcher, Node, free_port, new_node, notify_socket
+from tests.fake_k3s.conftest import Db
+from tests.fake_k3s.harness import (
+    K3s,
+    Launcher,
+    Node,
+    TcpProxy,
+    free_port,
+    new_node,
+    notify_socket,
+)
 
 
 def _server(
@@ -179,3 +188,38 @@ def test_saved_server_list_is_reused(k3s: Launcher, tmp_path: Path) -> None:
     b = k3s.start(_agent_args(url, "pw", other.port), other.env)
     b.wait_log("Running load balancer")
     assert json.loads(other_file.read_text()) == {"ServerURL": url, "ServerAddresses": []}
+
+
+def test_agent_is_never_ready_while_the_datastore_is_down(
+    k3s: Launcher, tmp_path: Path, shared_db: Db
+) -> None:
+    """An agent waits for the apiserver's /readyz (which includes the datastore) before it is
+    up: started during an outage it is not ready until the datastore is back (agent/run.go,
+    util.WaitForAPIServerReady)."""
+    port = 3306 if shared_db.kind == "mysql" else 5432
+    proxy = TcpProxy(("127.0.0.1", port))
+    endpoint = shared_db.endpoint.replace(f":{port}", f":{proxy.port}")
+    srv = new_node(tmp_path, "s1")
+    s = _server(
+        k3s, srv, "--datastore-endpoint", endpoint, env={"K3S_FAKE_DATASTORE_LOSS_EXIT": "300"}
+    )
+    proxy.block()
+    agent = new_node(tmp_path, "a1")
+    url = f"https://127.0.0.1:{srv.port}"
+    with notify_socket(tmp_path / "n.sock") as (sock, name):
+        a = k3s.start(
+            _agent_args(url, "pw", agent.port, "--node-name", "a1"),
+            {**agent.env, "NOTIFY_SOCKET": name},
+        )
+        sock.settimeout(10)
+        try:
+            early = sock.recv(100)
+        except TimeoutError:
+            early = b""
+        assert early == b"", a.log()
+        assert "k3s agent is up and running" not in a.log()
+        assert a.proc.poll() is None and s.proc.poll() is None
+        proxy.unblock()
+        sock.settimeout(30)
+        assert sock.recv(100) == b"READY=1"
+    a.wait_log("k3s agent is up and running")
