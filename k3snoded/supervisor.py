@@ -82,7 +82,7 @@ class Supervisor:
 
     States: STARTING (exec or adoption until readiness is confirmed), READY (confirmed once;
     ``ready`` then follows the probes, so READY with ``ready=False`` is a running child whose
-    ``/ping`` fails), BACKOFF (exited; restart pending), STOPPING, STOPPED. Until the first
+    readiness probe fails), BACKOFF (exited; restart pending), STOPPING, STOPPED. Until the first
     ``want()`` an adopted child is kept and nothing is started.
 
     Cancelling ``run()`` leaves the child running (it will be adopted); ``shutdown()`` is the
