@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from k3snoded import _config_k3s
 from k3snoded import _config_rules as rules
 from k3snoded._config_yaml import Sources
 from k3snoded.errors import ConfigProblem
@@ -64,6 +65,7 @@ def check(
     _coordination(c, cfg)
     _servers(c, cfg)
     _registration(c, cfg)
+    _config_k3s.check(c, cfg)  # what real k3s refuses or mishandles
     c.each("discovery.seeds", cfg.discovery.seeds, rules.check_seed)
     if cfg.api.listen:
         reason = rules.check_listen(cfg.api.listen)

@@ -11,7 +11,7 @@ import difflib
 import ipaddress
 import re
 from collections.abc import Iterable
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
 SQLITE = "sqlite"
 SUPPORTED_SCHEMES = ("sqlite", "mysql", "postgres", "postgresql", "http", "https", "nats")
@@ -257,7 +257,7 @@ def _check_mysql(dsn: str) -> str | None:
     slash = dsn.rfind("/")
     if slash < 0:
         return f"invalid DSN: missing the slash separating the database name (e.g. {example})"
-    head, tail = dsn[:slash], dsn[slash + 1 :]
+    head = dsn[:slash]  # kine passes the query (tls=..., etc.) to the driver as it is
     address = head[head.rfind("@") + 1 :]
     match = _MYSQL_ADDR.match(address)
     if address and not match and address not in MYSQL_NETWORKS:
@@ -268,12 +268,6 @@ def _check_mysql(dsn: str) -> str | None:
         )
     if match and match.group(1) not in MYSQL_NETWORKS:
         return f"unknown network '{match.group(1)}'; use tcp(host:port) or unix(/path.sock)"
-    _database, _q, query = tail.partition("?")
-    if any(name == "tls" for name, _v in parse_qsl(query, keep_blank_values=True)):
-        return (
-            "k3s does not let the endpoint set the 'tls' parameter; "
-            "use datastore.ca_file, cert_file and key_file instead"
-        )
     return None
 
 

@@ -18,6 +18,7 @@ from k3snoded.config import Config, load_config
 from k3snoded.discovery.signing import derive_key
 from k3snoded.errors import EX_CONFIG, ConfigError, InstallError, K3snodedError
 from k3snoded.install import ensure_k3s, spec_from_config
+from k3snoded.kube import NodeRoleKeeper
 from k3snoded.logs import setup_logging
 from k3snoded.metrics import render_metrics
 from k3snoded.model import Peer, Role
@@ -47,6 +48,10 @@ class Daemon:
         self.roles: RoleSource = build_role_source(
             cfg, self.supervisor, vip=self.vip, peers=self.peers
         )
+        self.node_roles = NodeRoleKeeper(
+            lambda: self.cfg, lambda: self.roles.wanted.role, lambda: self.supervisor.status
+        )
+        self.supervisor.on_change(self.node_roles.child_changed)
         self.api = ApiServer(
             socket_path=cfg.socket_path,
             status=self.status,
@@ -136,7 +141,9 @@ class Daemon:
                 peers = tg.create_task(self.peers.run(), name="discovery")
                 roles = tg.create_task(self._run_roles(), name="roles")
                 watch = tg.create_task(self._watch(), name="notify")
+                node_roles = tg.create_task(self.node_roles.run(), name="node-roles")
                 await self._stop.wait()
+                node_roles.cancel()
                 for reload in list(self._reloads):
                     reload.cancel()
                 self.notifier.notify("STOPPING=1")

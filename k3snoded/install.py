@@ -14,10 +14,18 @@ it, otherwise ``/<version>`` is appended):
 * GitHub releases (the default): ``<mirror>/v1.31.4+k3s1/k3s`` and ``.../sha256sum-amd64.txt``;
 * the mirror for users in China that k3s's installer uses with ``INSTALL_K3S_MIRROR=cn``:
   ``https://rancher-mirror.rancher.cn/k3s/v1.31.4-k3s1/k3s`` (``+`` becomes ``-``), i.e.
-  ``mirror: "https://rancher-mirror.rancher.cn/k3s/{version_dashed}"`` (``CN_MIRROR``).
+  ``mirror: "https://rancher-mirror.rancher.cn/k3s/{version_dashed}"`` (``CN_MIRROR``);
+* any other mirror: the ``+`` of the version is URL-encoded as ``%2B``, as install.sh does
+  (a literal ``+`` in a path is a space to some servers).
 
-Assets per architecture: ``k3s`` (amd64), ``k3s-arm64``, ``k3s-armhf``, ``k3s-s390x``; the list
-is ``sha256sum-<arch>.txt`` with ``<hex>  <asset>`` lines.
+Assets per architecture: ``k3s`` (amd64), ``k3s-arm64``, ``k3s-armhf``; the digest lists are
+``sha256sum-amd64.txt``, ``sha256sum-arm64.txt`` and ``sha256sum-arm.txt`` (armhf: install.sh's
+``ARCH=arm``), with ``<hex>  <asset>`` lines. k3s has published no s390x assets since 2023-12.
+
+Where the expected digest comes from: for a release whose digests ship with k3snoded
+(``k3s-sha256sums.txt`` beside this module, written by ``scripts/pin-k3s-digests``), from that
+file, never from the mirror, so a compromised or plain-http mirror cannot serve a binary and
+its own digest. Otherwise from the mirror's list (a warning says so when it comes over http).
 """
 
 from __future__ import annotations
@@ -64,6 +72,8 @@ _MACHINE_TO_ARCH = {
     "arm": "armhf",
     "s390x": "s390x",
 }
+SHIPPED_DIGESTS = Path(__file__).with_name("k3s-sha256sums.txt")
+Shipped = tuple[tuple[str, str, str], ...]  # (version, asset, sha256)
 
 
 @dataclass(frozen=True)
@@ -76,6 +86,7 @@ class InstallSpec:
     airgap_file: Path | None = None  # a local k3s binary (airgapped machines)
     airgap_sha256_file: Path | None = None  # a local sha256sum-<arch>.txt to verify it against
     arch: str = ""  # "" = this machine's: amd64, arm64, armhf, s390x
+    shipped: Shipped | None = None  # None: the digests that ship with k3snoded
     attempts: int = 3  # per URL; 4xx answers are not retried
     retry_delay: float = 2.0  # seconds, doubled after each failed attempt
     connect_timeout: float = 15.0
@@ -97,15 +108,43 @@ def asset_name(arch: str) -> str:
     return "k3s" if arch == "amd64" else f"k3s-{arch}"
 
 
+def digest_list_name(arch: str) -> str:
+    """The release's sha256 list for ``arch``: ``sha256sum-arm.txt`` for armhf."""
+    return f"sha256sum-{'arm' if arch == 'armhf' else arch}.txt"
+
+
 def release_url(mirror: str, version: str, name: str) -> str:
     """The URL of one release asset (see the module docstring for the layouts)."""
     base = mirror.rstrip("/")
+    if not base.startswith(GITHUB_MIRROR.rsplit("/releases", 1)[0]):
+        version = version.replace("+", "%2B")  # install.sh does so for other hosts
     if "{version}" in base or "{version_dashed}" in base:
-        base = base.replace("{version_dashed}", version.replace("+", "-"))
+        base = base.replace("{version_dashed}", version.replace("%2B", "-"))
         base = base.replace("{version}", version)
     else:
         base = f"{base}/{version}"
     return f"{base}/{name}"
+
+
+def read_shipped(path: Path = SHIPPED_DIGESTS) -> Shipped:
+    """The digests that ship with k3snoded: ``<version> <sha256> <asset>`` lines, # comments."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return ()
+    out = []
+    for line in text.splitlines():
+        parts = line.split("#", 1)[0].split()
+        if len(parts) == 3 and _SHA256.match(parts[1].lower()):
+            out.append((parts[0], parts[2], parts[1].lower()))
+    return tuple(out)
+
+
+def shipped_digest(shipped: Shipped, version: str, name: str) -> str | None:
+    for v, asset, digest in shipped:
+        if v == version and asset == name:
+            return digest
+    return None
 
 
 def expected_digest(checksums: str, name: str, source: str) -> str:
@@ -139,8 +178,13 @@ async def ensure_k3s(spec: InstallSpec, binary: Path) -> Path:
             "install k3s there or set k3s.install: auto"
         )
     arch = spec.arch or machine_arch()
+    if arch == "s390x":
+        raise InstallError(
+            "k3s has published no s390x release since 2023-12; install a k3s built for this "
+            f"machine at {binary} and set k3s.install: none"
+        )
     name = asset_name(arch)
-    list_name = f"sha256sum-{arch}.txt"
+    list_name = digest_list_name(arch)
     if spec.airgap_file is not None:
         await _install_airgap(spec, binary, name, list_name)
     else:
@@ -179,9 +223,22 @@ async def _install_download(spec: InstallSpec, binary: Path, name: str, list_nam
     timeout = aiohttp.ClientTimeout(
         total=spec.total_timeout, sock_connect=spec.connect_timeout, sock_read=spec.read_timeout
     )
+    shipped = spec.shipped if spec.shipped is not None else await asyncio.to_thread(read_shipped)
+    pinned = shipped_digest(shipped, spec.version, name)
     async with aiohttp.ClientSession(timeout=timeout, trust_env=True) as session:
-        raw = await _retrying(spec, list_url, lambda: _fetch_small(session, list_url))
-        expected = expected_digest(raw.decode("utf-8", "replace"), name, list_url)
+        if pinned is not None:
+            expected = pinned
+            log.info("verifying k3s %s against the digest shipped with k3snoded", spec.version)
+        else:
+            if list_url.startswith("http://"):
+                log.warning(
+                    "no digest of k3s %s ships with k3snoded and %s is plain http: the mirror's "
+                    "own list is all that vouches for the binary",
+                    spec.version,
+                    list_url,
+                )
+            raw = await _retrying(spec, list_url, lambda: _fetch_small(session, list_url))
+            expected = expected_digest(raw.decode("utf-8", "replace"), name, list_url)
         log.info("downloading k3s %s from %s", spec.version, url)
         with _staged(binary) as (tmp, out):
             digest = await _retrying(spec, url, lambda: _fetch_to(session, url, out))

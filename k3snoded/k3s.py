@@ -28,10 +28,16 @@ from k3snoded.atomic import write_atomic
 from k3snoded.config import K3S_PORT, Config
 from k3snoded.errors import ConfigError, ConfigProblem
 from k3snoded.model import Role
-from k3snoded.supervisor import ChildSpec
+from k3snoded.supervisor import ChildSpec, ProbeTls
 
 DEDICATED_TAINT = "k3s-controlplane=true:NoExecute"
 DATASTORE_ENV = "K3S_DATASTORE_ENDPOINT"
+
+# k3s chooses the systemd cgroup driver (containerd SystemdCgroup, kubelet cgroupDriver) when
+# INVOCATION_ID is non-empty (pkg/agent/containerd/config_linux.go). Under systemd k3s must
+# see one, and always the same one: the unit's own changes on every daemon restart, and a
+# changed environment would restart an adopted k3s. Not under systemd: none.
+INVOCATION_ID = hashlib.sha256(b"k3snoded: k3s runs under systemd").hexdigest()[:32]
 
 # Per-invocation variables of k3snoded's own unit: they must not reach k3s (NOTIFY_SOCKET is
 # replaced by the supervisor's private one), and they change on every daemon restart, which
@@ -69,12 +75,16 @@ def token_path(cfg: Config) -> Path:
 
 
 def child_env(base: Mapping[str, str]) -> dict[str, str]:
-    """The child's environment: ``base`` without any ``K3S_*`` and without systemd's variables."""
-    return {
+    """The child's environment: ``base`` without any ``K3S_*`` and without systemd's
+    per-invocation variables, but with a constant ``INVOCATION_ID`` when ``base`` has one."""
+    env = {
         key: value
         for key, value in base.items()
         if not key.startswith("K3S_") and key not in _SCRUBBED
     }
+    if base.get("INVOCATION_ID"):
+        env["INVOCATION_ID"] = INVOCATION_ID
+    return env
 
 
 def _pairs(flag: str, values: tuple[str, ...] | list[str]) -> list[str]:
@@ -166,12 +176,23 @@ def _flag_value(args: tuple[str, ...], flag: str) -> str | None:
 
 
 def server_ready_url(cfg: Config) -> str:
-    """``https://127.0.0.1:<https-listen-port>/ping``, or the bind address when not a wildcard."""
+    """``https://127.0.0.1:<https-listen-port>/readyz``, or the bind address when not a wildcard.
+
+    The apiserver's ``/readyz`` (k3s's supervisor port proxies it) includes the datastore
+    check; k3s's own ``/ping`` is a static answer that never fails while the process lives.
+    """
     port = _flag_value(cfg.k3s.server_args, "--https-listen-port") or str(K3S_PORT)
     host = _flag_value(cfg.k3s.server_args, "--bind-address") or "127.0.0.1"
     if host in ("0.0.0.0", "::"):
         host = "127.0.0.1"
-    return f"https://{host_for_url(host)}:{port}/ping"
+    return f"https://{host_for_url(host)}:{port}/readyz"
+
+
+def admin_tls(cfg: Config) -> ProbeTls:
+    """The admin client certificate k3s writes (CN system:admin, O system:masters) and the
+    cluster's server CA, under ``<data-dir>/server/tls``."""
+    tls = cfg.k3s.data_dir / "server" / "tls"
+    return ProbeTls(tls / "server-ca.crt", tls / "client-admin.crt", tls / "client-admin.key")
 
 
 def child_spec(
@@ -182,32 +203,38 @@ def child_spec(
     token_file: Path | None = None,
     base_env: Mapping[str, str] | None = None,
 ) -> ChildSpec:
-    """The k3s process for ``role``. Readiness: READY=1, then ``/ping`` for a server.
+    """The k3s process for ``role``.
 
-    An agent's readiness is its READY=1 alone: k3s sends it once the API server is reachable
-    through the agent's load balancer, and a ``/ping`` through that balancer would measure the
-    registration address, not this node.
+    A server is ready after READY=1 once its apiserver answers ``/readyz`` (with the admin
+    client certificate; the datastore is part of that check), and the supervisor keeps
+    probing it: the VIP and the heartbeat's ``ready`` follow it. An agent's readiness is its
+    READY=1 alone: k3s sends it once the apiserver's ``/readyz`` answers through the agent's
+    load balancer, which can take the whole of a datastore outage, so an agent is never
+    stopped for not being ready (k3s gives up by itself after 15 minutes and exits).
     """
     token_file = token_file or token_path(cfg)
     base = os.environ if base_env is None else base_env
     if role is Role.SERVER:
         argv = server_argv(cfg, token_file=token_file, registration=registration)
-        env = server_env(cfg, base)
-        ready_url: str | None = server_ready_url(cfg)
-    elif role is Role.AGENT:
+        return ChildSpec.build(
+            argv,
+            server_env(cfg, base),
+            cwd=Path("/"),
+            ready_url=server_ready_url(cfg),
+            ready_timeout=cfg.k3s.ready_timeout,
+            stop_timeout=cfg.k3s.stop_timeout,
+            probe_tls=admin_tls(cfg),
+        )
+    if role is Role.AGENT:
         argv = agent_argv(cfg, token_file=token_file, registration=registration)
-        env = child_env(base)
-        ready_url = None
-    else:
-        raise ValueError(f"no k3s process for role {role.value}")
-    return ChildSpec.build(
-        argv,
-        env,
-        cwd=Path("/"),
-        ready_url=ready_url,
-        ready_timeout=cfg.k3s.ready_timeout,
-        stop_timeout=cfg.k3s.stop_timeout,
-    )
+        return ChildSpec.build(
+            argv,
+            child_env(base),
+            cwd=Path("/"),
+            ready_timeout=None,
+            stop_timeout=cfg.k3s.stop_timeout,
+        )
+    raise ValueError(f"no k3s process for role {role.value}")
 
 
 def install_token_file(cfg: Config) -> Path:
@@ -262,6 +289,20 @@ def ensure_node_password(cfg: Config, key: bytes) -> bool:
     path = cfg.k3s.node_password_file
     if path.exists():
         return False
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _make_dirs_0755(path.parent)
     write_atomic(path, (node_password(key, cfg.node.name) + "\n").encode(), 0o600)
     return True
+
+
+def _make_dirs_0755(directory: Path) -> None:
+    """``mkdir -p`` with 0755 for every directory it creates, whatever the umask (k3s creates
+    ``/etc/rancher/node`` 0755; the unit's UMask=0077 must not make ``/etc/rancher`` 0700)."""
+    missing = []
+    for d in (directory, *directory.parents):
+        if d.exists():
+            break
+        missing.append(d)
+    for d in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            d.mkdir()
+        os.chmod(d, 0o755)  # noqa: S103 - k3s's own mode for these directories

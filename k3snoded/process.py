@@ -16,7 +16,7 @@ import os
 import signal
 import ssl
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -27,19 +27,39 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class ProbeTls:
+    """TLS for the readiness probe: verify the server against ``ca`` and present a client
+    certificate. The files are read at each new connection: they may appear only once the
+    child has started, and may be rotated."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    def context(self) -> ssl.SSLContext:
+        """A verifying client context (OSError/ssl.SSLError while the files are not there)."""
+        ctx = ssl.create_default_context(cafile=str(self.ca))
+        ctx.load_cert_chain(str(self.cert), str(self.key))
+        return ctx
+
+
+@dataclass(frozen=True)
 class ChildSpec:
     """What to run. ``env`` is the complete environment, as sorted (name, value) pairs.
 
     Readiness is the child's READY=1 on its private NOTIFY_SOCKET, then (when ``ready_url`` is
-    set) an HTTPS GET of that URL answering 200; both within ``ready_timeout`` seconds of exec.
+    set) an HTTPS GET of that URL answering 200 (with ``probe_tls``: verified, with a client
+    certificate); both within ``ready_timeout`` seconds of exec. ``ready_timeout`` None: the
+    child may take as long as it needs and is never stopped for not being ready.
     """
 
     argv: tuple[str, ...]
     env: tuple[tuple[str, str], ...] = ()
     cwd: Path | None = None
     ready_url: str | None = None
-    ready_timeout: float = 300.0
+    ready_timeout: float | None = 300.0
     stop_timeout: float = 30.0
+    probe_tls: ProbeTls | None = None
 
     @classmethod
     def build(
@@ -49,11 +69,18 @@ class ChildSpec:
         *,
         cwd: Path | None = None,
         ready_url: str | None = None,
-        ready_timeout: float = 300.0,
+        ready_timeout: float | None = 300.0,
         stop_timeout: float = 30.0,
+        probe_tls: ProbeTls | None = None,
     ) -> ChildSpec:
         return cls(
-            tuple(argv), tuple(sorted(env.items())), cwd, ready_url, ready_timeout, stop_timeout
+            tuple(argv),
+            tuple(sorted(env.items())),
+            cwd,
+            ready_url,
+            ready_timeout,
+            stop_timeout,
+            probe_tls,
         )
 
     @property
@@ -87,14 +114,32 @@ class ChildStatus:
 
 @dataclass(frozen=True)
 class PidRecord:
-    """What a supervisor writes about its running child, to adopt it after a daemon restart."""
+    """What a supervisor writes about its running child, to adopt it after a daemon restart.
+
+    ``boot_id`` names the boot the pid and start time belong to (start times are clock ticks
+    since boot, so after a reboot another process can have both): a record from another boot
+    is never trusted. Records written before it was kept have ``boot_id`` "".
+    """
 
     pid: int
     starttime: int
     identity: str  # ChildSpec.identity of what the process was started with
     ready_url: str | None = None
-    ready_timeout: float = 300.0
+    ready_timeout: float | None = 300.0
     stop_timeout: float = 30.0
+    boot_id: str = ""
+    probe_tls: ProbeTls | None = None
+
+
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+
+def boot_id() -> str:
+    """This boot's id (``/proc/sys/kernel/random/boot_id``), or "" when unreadable."""
+    try:
+        return BOOT_ID.read_text().strip()
+    except OSError:
+        return ""
 
 
 def process_starttime(pid: int) -> int | None:
@@ -134,9 +179,12 @@ def describe_exit(status: int | None) -> str:
 def write_pidfile(path: Path, record: PidRecord) -> None:
     """Write the pidfile atomically (temp file, fsync, rename), mode 0600. Blocking."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    data = asdict(record)
+    if record.probe_tls is not None:
+        data["probe_tls"] = {k: str(v) for k, v in asdict(record.probe_tls).items()}
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(asdict(record), f)
+            json.dump(data, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -150,13 +198,19 @@ def read_pidfile(path: Path) -> PidRecord | None:
     """The record in the pidfile, or None when it is missing or unreadable (logged)."""
     try:
         data = json.loads(path.read_text())
+        tls = data.get("probe_tls")
+        timeout = data.get("ready_timeout", 300.0)
         return PidRecord(
             pid=int(data["pid"]),
             starttime=int(data["starttime"]),
             identity=str(data["identity"]),
             ready_url=None if data.get("ready_url") is None else str(data["ready_url"]),
-            ready_timeout=float(data.get("ready_timeout", 300.0)),
+            ready_timeout=None if timeout is None else float(timeout),
             stop_timeout=float(data.get("stop_timeout", 30.0)),
+            boot_id=str(data.get("boot_id") or ""),
+            probe_tls=None
+            if tls is None
+            else ProbeTls(Path(tls["ca"]), Path(tls["cert"]), Path(tls["key"])),
         )
     except FileNotFoundError:
         return None
@@ -186,10 +240,11 @@ class HttpProbe:
 
     The readiness probe runs every second for as long as k3s runs; a fresh TLS handshake each
     time was most of the daemon's idle CPU. The connection is reopened after any failure, so
-    a restarted k3s is reached again on the next probe.
+    a restarted k3s is reached again on the next probe. ``ctx`` is a TLS context, or a
+    function making one for each new connection (certificate files that can change).
     """
 
-    def __init__(self, url: str, ctx: ssl.SSLContext) -> None:
+    def __init__(self, url: str, ctx: ssl.SSLContext | Callable[[], ssl.SSLContext]) -> None:
         parts = urlsplit(url)
         self._tls = parts.scheme == "https"
         self._host = parts.hostname or "127.0.0.1"
@@ -215,8 +270,9 @@ class HttpProbe:
 
     async def _exchange(self) -> int | None:
         if self._conn is None:
+            ctx = self._ctx if isinstance(self._ctx, ssl.SSLContext) else self._ctx()
             self._conn = await asyncio.open_connection(
-                self._host, self._port, ssl=self._ctx if self._tls else None
+                self._host, self._port, ssl=ctx if self._tls else None
             )
         reader, writer = self._conn
         writer.write(self._request)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -21,6 +22,8 @@ from k3snoded.process import (
     ChildStatus,
     HttpProbe,
     PidRecord,
+    ProbeTls,
+    boot_id,
     describe_exit,
     insecure_tls_context,
     process_starttime,
@@ -30,7 +33,7 @@ from k3snoded.process import (
     write_pidfile,
 )
 
-__all__ = ["ChildSpec", "ChildStatus", "Supervisor"]
+__all__ = ["ChildSpec", "ChildStatus", "ProbeTls", "Supervisor"]
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +53,11 @@ class _Child:
     pidfd: int
     identity: str
     ready_url: str | None
-    ready_timeout: float
+    ready_timeout: float | None  # None: may take as long as it needs
     stop_timeout: float
     adopted: bool
     started: float  # monotonic
+    probe_tls: ProbeTls | None = None
     popen: subprocess.Popen[bytes] | None = None
     notified: bool = False  # READY=1 received (assumed for an adopted child)
     confirmed: bool = False  # readiness confirmed once; from then on probes track health
@@ -78,7 +82,7 @@ class Supervisor:
 
     States: STARTING (exec or adoption until readiness is confirmed), READY (confirmed once;
     ``ready`` then follows the probes, so READY with ``ready=False`` is a running child whose
-    ``/ping`` fails), BACKOFF (exited; restart pending), STOPPING, STOPPED. Until the first
+    readiness probe fails), BACKOFF (exited; restart pending), STOPPING, STOPPED. Until the first
     ``want()`` an adopted child is kept and nothing is started.
 
     Cancelling ``run()`` leaves the child running (it will be adopted); ``shutdown()`` is the
@@ -109,7 +113,7 @@ class Supervisor:
         self._stable_after = stable_after
         self._crash_loop_exits = crash_loop_exits
         self._tls = insecure_tls_context()
-        self._probes: dict[str, HttpProbe] = {}  # one kept-alive connection per ready_url
+        self._probes: dict[tuple[str, ProbeTls | None], HttpProbe] = {}  # one kept-alive each
         self._wanted: ChildSpec | _Unset | None = _UNSET
         self._kick = asyncio.Event()
         self._shutdown: bool | None = None  # None: keep running; else stop the child or not
@@ -200,16 +204,19 @@ class Supervisor:
         self._kick.clear()
 
     async def _confirm_ready(self, child: _Child, now: float) -> None:
-        deadline = child.started + child.ready_timeout
+        timeout = child.ready_timeout
+        deadline = math.inf if timeout is None else child.started + timeout
         if now >= deadline:
-            await self._stop(child, f"it did not become ready within {child.ready_timeout:.0f} s")
+            await self._stop(child, f"it did not become ready within {timeout:.0f} s")
             self._schedule_restart(
                 child.identity,
                 now - child.started,
-                f"did not become ready within {child.ready_timeout:.0f} s",
+                f"did not become ready within {timeout:.0f} s",
             )
             return
-        if child.notified and (child.ready_url is None or await self._probe(child.ready_url)):
+        if child.notified and (
+            child.ready_url is None or await self._probe(child.ready_url, child.probe_tls)
+        ):
             if child.exited.is_set():
                 return
             child.confirmed = child.healthy = True
@@ -230,7 +237,7 @@ class Supervisor:
                     ready=self._status.ready,
                 )
         if child.ready_url is not None and now >= child.next_probe:
-            ok = await self._probe(child.ready_url)
+            ok = await self._probe(child.ready_url, child.probe_tls)
             child.next_probe = time.monotonic() + self._probe_interval
             if ok != child.healthy and not child.exited.is_set():
                 child.healthy = ok
@@ -245,13 +252,13 @@ class Supervisor:
             wake = min(wake, child.started + self._stable_after)
         await self._wait(wake - now)
 
-    async def _probe(self, url: str) -> bool:
-        probe = self._probes.get(url)
+    async def _probe(self, url: str, tls: ProbeTls | None) -> bool:
+        probe = self._probes.get((url, tls))
         if probe is None:
             for old in self._probes.values():
                 old.close()
-            probe = HttpProbe(url, self._tls)
-            self._probes = {url: probe}
+            probe = HttpProbe(url, self._tls if tls is None else tls.context)
+            self._probes = {(url, tls): probe}
         return await probe.status(self._probe_timeout) == 200
 
     async def _finish(self, stop_child: bool) -> None:
@@ -299,6 +306,7 @@ class Supervisor:
             adopted=False,
             started=time.monotonic(),
             popen=popen,
+            probe_tls=spec.probe_tls,
         )
         self._track(child)
         self._set(ChildState.STARTING, f"started {self.name} (pid {child.pid})")
@@ -309,6 +317,8 @@ class Supervisor:
             spec.ready_url,
             spec.ready_timeout,
             spec.stop_timeout,
+            boot_id(),
+            spec.probe_tls,
         )
         try:
             await asyncio.to_thread(write_pidfile, self.pidfile, record)
@@ -318,6 +328,18 @@ class Supervisor:
     async def _adopt(self) -> None:
         record = await asyncio.to_thread(read_pidfile, self.pidfile)
         if record is None:
+            return
+        this_boot = await asyncio.to_thread(boot_id)
+        if record.boot_id and record.boot_id != this_boot:
+            log.info(
+                "%s was written before the machine restarted (boot %s, now %s); not adopting "
+                "pid %d",
+                self.pidfile,
+                record.boot_id,
+                this_boot,
+                record.pid,
+            )
+            remove_pidfile(self.pidfile)
             return
         pidfd: int | None = None
         if process_starttime(record.pid) == record.starttime:
@@ -344,6 +366,7 @@ class Supervisor:
             adopted=True,
             started=time.monotonic(),
             notified=True,  # it was running under the previous daemon; READY=1 is not resent
+            probe_tls=record.probe_tls,
         )
         self._track(child)
         self._set(

@@ -137,6 +137,7 @@ class TcpProxy:
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
         self._cut = False
+        self._blocked = False
         self._thread = threading.Thread(target=self._accept, daemon=True)
         self._thread.start()
 
@@ -149,6 +150,9 @@ class TcpProxy:
             if self._cut:
                 client.close()
                 return
+            if self._blocked:
+                client.close()
+                continue
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
             except OSError:
@@ -169,6 +173,19 @@ class TcpProxy:
         finally:
             with contextlib.suppress(OSError):
                 dst.shutdown(socket.SHUT_RDWR)
+
+    def block(self) -> None:
+        """Drop every proxied connection and refuse new ones until ``unblock()``."""
+        self._blocked = True
+        with self._lock:
+            for c in self._conns:
+                with contextlib.suppress(OSError):
+                    c.shutdown(socket.SHUT_RDWR)
+                c.close()
+            self._conns.clear()
+
+    def unblock(self) -> None:
+        self._blocked = False
 
     def cut(self) -> None:
         """Close the listener and every proxied connection."""

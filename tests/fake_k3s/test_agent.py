@@ -10,7 +10,16 @@ import time
 from pathlib import Path
 
 from tests.fake_k3s.client import get
-from tests.fake_k3s.harness import K3s, Launcher, Node, free_port, new_node, notify_socket
+from tests.fake_k3s.conftest import Db
+from tests.fake_k3s.harness import (
+    K3s,
+    Launcher,
+    Node,
+    TcpProxy,
+    free_port,
+    new_node,
+    notify_socket,
+)
 
 
 def _server(
@@ -54,7 +63,7 @@ def test_agent_joins(k3s: Launcher, tmp_path: Path) -> None:
     assert stat.S_IMODE(pw_file.stat().st_mode) == 0o600
     assert get(f"https://127.0.0.1:{agent.port}/ping").body == b"pong"
     a.signal()
-    assert a.wait_exit(5) == 0
+    assert a.wait_exit(15) == 0
 
 
 def test_ca_hash_mismatch_loops_every_two_seconds(k3s: Launcher, tmp_path: Path) -> None:
@@ -106,7 +115,7 @@ def test_duplicate_hostname_is_rejected(k3s: Launcher, tmp_path: Path) -> None:
     assert "k3s agent is up and running" not in a2.log()
     # The same node coming back with its own password is accepted.
     a1.signal()
-    assert a1.wait_exit(5) == 0
+    assert a1.wait_exit(15) == 0
     again = k3s.start(_agent_args(url, token, first.port, "--node-name", "twin"), first.env)
     again.wait_log("k3s agent is up and running")
 
@@ -134,15 +143,7 @@ def _wait_served_by(lb_port: int, port: int, timeout: float = 15.0) -> None:
 def test_load_balancer_fails_over(k3s: Launcher, tmp_path: Path) -> None:
     endpoint = f"sqlite://{tmp_path / 'shared.db'}"
     n1, n2 = new_node(tmp_path, "s1"), new_node(tmp_path, "s2")
-    fail1 = tmp_path / "s1-unhealthy"
-    _server(
-        k3s,
-        n1,
-        "--datastore-endpoint",
-        endpoint,
-        ip="127.0.0.2",
-        env={"K3S_FAKE_PING_FAIL_FILE": str(fail1)},
-    )
+    s1 = _server(k3s, n1, "--datastore-endpoint", endpoint, ip="127.0.0.2")
     s2 = _server(k3s, n2, "--datastore-endpoint", endpoint, ip="127.0.0.3")
     agent = new_node(tmp_path, "a1")
     url = f"https://127.0.0.2:{n1.port}"
@@ -154,14 +155,13 @@ def test_load_balancer_fails_over(k3s: Launcher, tmp_path: Path) -> None:
         timeout=15,
     )
     _wait_served_by(agent.port, n1.port)
-    # /ping failing on the active server moves new connections to the other one.
-    fail1.touch()
+    # The active server dying moves new connections to the other one...
+    s1.kill()
     _wait_served_by(agent.port, n2.port)
     assert f"Server 127.0.0.3:{n2.port}@PREFERRED->ACTIVE" in a.log()
-    fail1.unlink()
-    # The active server dying moves them back.
-    s2.signal()
-    assert s2.wait_exit(5) == 0
+    # ...and back when that one dies and the first is there again.
+    s1 = _server(k3s, n1, "--datastore-endpoint", endpoint, ip="127.0.0.2")
+    s2.kill()
     _wait_served_by(agent.port, n1.port)
 
 
@@ -188,3 +188,38 @@ def test_saved_server_list_is_reused(k3s: Launcher, tmp_path: Path) -> None:
     b = k3s.start(_agent_args(url, "pw", other.port), other.env)
     b.wait_log("Running load balancer")
     assert json.loads(other_file.read_text()) == {"ServerURL": url, "ServerAddresses": []}
+
+
+def test_agent_is_never_ready_while_the_datastore_is_down(
+    k3s: Launcher, tmp_path: Path, shared_db: Db
+) -> None:
+    """An agent waits for the apiserver's /readyz (which includes the datastore) before it is
+    up: started during an outage it is not ready until the datastore is back (agent/run.go,
+    util.WaitForAPIServerReady)."""
+    port = 3306 if shared_db.kind == "mysql" else 5432
+    proxy = TcpProxy(("127.0.0.1", port))
+    endpoint = shared_db.endpoint.replace(f":{port}", f":{proxy.port}")
+    srv = new_node(tmp_path, "s1")
+    s = _server(
+        k3s, srv, "--datastore-endpoint", endpoint, env={"K3S_FAKE_DATASTORE_LOSS_EXIT": "300"}
+    )
+    proxy.block()
+    agent = new_node(tmp_path, "a1")
+    url = f"https://127.0.0.1:{srv.port}"
+    with notify_socket(tmp_path / "n.sock") as (sock, name):
+        a = k3s.start(
+            _agent_args(url, "pw", agent.port, "--node-name", "a1"),
+            {**agent.env, "NOTIFY_SOCKET": name},
+        )
+        sock.settimeout(10)
+        try:
+            early = sock.recv(100)
+        except TimeoutError:
+            early = b""
+        assert early == b"", a.log()
+        assert "k3s agent is up and running" not in a.log()
+        assert a.proc.poll() is None and s.proc.poll() is None
+        proxy.unblock()
+        sock.settimeout(30)
+        assert sock.recv(100) == b"READY=1"
+    a.wait_log("k3s agent is up and running")

@@ -1,11 +1,10 @@
-"""The stand-in's test knobs (tests/fakes/README.md): crash, unhealthy /ping, knob file."""
+"""The stand-in's test knobs (tests/fakes/README.md): crash, the knob file and its alias."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
-from tests.fake_k3s.client import get
 from tests.fake_k3s.harness import Launcher, new_node
 
 
@@ -17,37 +16,18 @@ def test_crash_after(k3s: Launcher, tmp_path: Path) -> None:
     assert "level=fatal" in s.log()
 
 
-def test_ping_fail_file(k3s: Launcher, tmp_path: Path) -> None:
-    node = new_node(tmp_path, "s1")
-    flag = tmp_path / "unhealthy"
-    s = k3s.start(
-        node.server_args("--token", "pw"), {**node.env, "K3S_FAKE_PING_FAIL_FILE": str(flag)}
-    )
-    s.wait_log("k3s is up and running")
-    url = f"https://127.0.0.1:{node.port}/ping"
-    assert get(url).status == 200
-    flag.touch()
-    assert get(url).status == 503
-    flag.unlink()
-    assert get(url).body == b"pong"
-
-
 def test_knob_file_in_data_dir(k3s: Launcher, tmp_path: Path) -> None:
     """k3snoded scrubs K3S_* from the child: the knobs also come from <data-dir>/fake-k3s.env."""
     node = new_node(tmp_path, "s1")
     data = tmp_path / "data"
     data.mkdir()
-    flag = tmp_path / "unhealthy"
-    flag.touch()
     (data / "fake-k3s.env").write_text(
-        f"# knobs\nK3S_FAKE_ROOT={node.root}\nK3S_FAKE_PING_FAIL_FILE={flag}\n"
-        "K3S_FAKE_READY_DELAY=1\n"
+        f"# knobs\nK3S_FAKE_ROOT={node.root}\nK3S_FAKE_READY_DELAY=1\n"
     )
     started = time.monotonic()
     s = k3s.start(node.server_args("--token", "pw", "--data-dir", str(data)), {})
     s.wait_log("k3s is up and running")
     assert time.monotonic() - started >= 1.0
-    assert get(f"https://127.0.0.1:{node.port}/ping").status == 503
     assert (node.root / "etc/rancher/k3s/k3s.yaml").exists()
 
 

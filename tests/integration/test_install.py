@@ -35,6 +35,7 @@ class Mirror:
     status: dict[str, list[int]] = field(default_factory=dict)  # path -> statuses to answer first
     stall: set[str] = field(default_factory=set)  # paths that never finish their body
     hits: Counter[str] = field(default_factory=Counter)
+    raw: Counter[str] = field(default_factory=Counter)  # as sent, before percent-decoding
     release: asyncio.Event = field(default_factory=asyncio.Event)  # ends stalled responses
 
     def serve_release(self, version: str = VERSION, prefix: str = "") -> None:
@@ -52,6 +53,7 @@ async def mirror() -> AsyncIterator[Mirror]:
     async def handle(request: web.Request) -> web.StreamResponse:
         path = request.path
         m.hits[path] += 1
+        m.raw[request.raw_path] += 1
         queued = m.status.get(path)
         if queued:
             return web.Response(status=queued.pop(0), text="injected failure")
@@ -266,3 +268,42 @@ async def test_airgap_file_missing(tmp_path: Path) -> None:
     s = InstallSpec(mode=InstallMode.AUTO, arch="amd64", airgap_file=tmp_path / "nope")
     with pytest.raises(InstallError, match="does not exist"):
         await ensure_k3s(s, tmp_path / "bin" / "k3s")
+
+
+async def test_armhf_uses_the_arm_digest_list(mirror: Mirror, tmp_path: Path) -> None:
+    armhf = b"armhf build"
+    mirror.files[f"/{VERSION}/k3s-armhf"] = armhf
+    mirror.files[f"/{VERSION}/sha256sum-arm.txt"] = (
+        f"{hashlib.sha256(armhf).hexdigest()}  k3s-armhf\n".encode()
+    )
+    binary = tmp_path / "k3s"
+    await ensure_k3s(spec(mirror, arch="armhf"), binary)
+    assert binary.read_bytes() == armhf
+    assert mirror.raw[f"/{VERSION.replace('+', '%2B')}/k3s-armhf"] == 1  # '+' URL-encoded
+
+
+async def test_s390x_is_refused_with_a_reason(mirror: Mirror, tmp_path: Path) -> None:
+    binary = tmp_path / "k3s"
+    with pytest.raises(InstallError, match="no s390x"):
+        await ensure_k3s(spec(mirror, arch="s390x"), binary)
+    assert sum(mirror.hits.values()) == 0  # said so, instead of a 404
+    assert_nothing_left(binary)
+
+
+async def test_shipped_digest_beats_the_mirrors_own_list(mirror: Mirror, tmp_path: Path) -> None:
+    """A compromised or plain-http mirror serving a binary and a list that matches it: the
+    digest that ships with k3snoded for the pinned version decides."""
+    evil = b"#!/bin/sh\necho pwned\n"
+    mirror.files[f"/{VERSION}/k3s"] = evil
+    mirror.files[f"/{VERSION}/sha256sum-amd64.txt"] = (
+        f"{hashlib.sha256(evil).hexdigest()}  k3s\n".encode()
+    )
+    binary = tmp_path / "k3s"
+    shipped = ((VERSION, "k3s", DIGEST),)
+    with pytest.raises(InstallError, match="checksum mismatch"):
+        await ensure_k3s(spec(mirror, shipped=shipped), binary)
+    assert_nothing_left(binary)
+    assert mirror.hits[f"/{VERSION}/sha256sum-amd64.txt"] == 0  # the mirror's list is not asked
+    mirror.files[f"/{VERSION}/k3s"] = BINARY
+    await ensure_k3s(spec(mirror, shipped=shipped), binary)
+    assert binary.read_bytes() == BINARY

@@ -154,3 +154,32 @@ async def test_a_dead_pid_is_not_adopted(run_dir: Path, tracker: Tracker) -> Non
     finally:
         await asyncio.wait_for(sup.shutdown(), 15)
         await task
+
+
+async def test_a_pidfile_from_another_boot_is_not_trusted(run_dir: Path, tracker: Tracker) -> None:
+    """After a reboot a pid and its start time (ticks since boot) can name a new process: the
+    pidfile records the boot id and a record from another boot is never adopted."""
+    import json
+
+    port = free_port()
+    spec = _spec(run_dir, port)
+    child_pid = await daemon_then_sigkill(run_dir, spec, tracker)
+    pidfile = run_dir / "child.pid"
+    data = json.loads(pidfile.read_text())
+    data["boot_id"] = "0" * 32  # as if written before the machine restarted
+    pidfile.write_text(json.dumps(data))
+
+    sup = Supervisor("child", run_dir, ready_probe_interval=0.05)
+    tracker.watch(sup)
+    messages: list[str] = []
+    sup.on_change(lambda s: messages.append(s.message))
+    # (Another port: the old child, which after a real reboot would not exist, keeps its.)
+    sup.want(_spec(run_dir, free_port()))
+    task = asyncio.create_task(sup.run())
+    try:
+        status = await wait_status(sup, lambda s: s.ready, timeout=20)
+        assert not status.adopted and status.pid != child_pid
+        assert not any(m.startswith("adopted") for m in messages)
+    finally:
+        await asyncio.wait_for(sup.shutdown(), 15)
+        await task

@@ -217,7 +217,9 @@ def test_datastore_outage_changes_nothing_and_recovers(lab_factory: LabFactory) 
         now = fleet.statuses()
         assert {n: s["node"]["role"] for n, s in now.items() if s} == roles
         assert {n: s["k3s"]["pid"] for n, s in now.items() if s} == pids
-        assert fleet.vip_holders() == holder
+        # No apiserver is ready without its datastore (/readyz): the VIP may be released,
+        # but never moves to another machine.
+        assert fleet.vip_holders() in (holder, [])
         time.sleep(1.0)
     assert any("datastore unavailable" in fleet.node(n).log() for n in roles if n != "n4")
     dbs.start(lab, "postgres")

@@ -54,12 +54,6 @@ CASES: list[tuple[str, dict[str, Any], str, str]] = [
         "slash",
     ),
     (
-        "mysql tls param",
-        {"datastore": {"endpoint": "mysql://u:p@tcp(db:3306)/k3s?tls=true"}},
-        "datastore.endpoint",
-        "datastore.ca_file",
-    ),
-    (
         "mysql bad network",
         {"datastore": {"endpoint": "mysql://u:p@udp(db:3306)/k3s"}},
         "datastore.endpoint",

@@ -15,6 +15,7 @@ from k3snoded.install import (
     InstallMode,
     InstallSpec,
     asset_name,
+    digest_list_name,
     expected_digest,
     machine_arch,
     release_url,
@@ -58,11 +59,27 @@ def test_cn_mirror_layout_dashes_the_version() -> None:
     )
 
 
-def test_mirror_with_trailing_slash_and_explicit_version() -> None:
+def test_other_mirrors_get_the_plus_url_encoded() -> None:
+    """install.sh URL-encodes '+' as %2B for hosts other than GitHub (and the CN mirror, which
+    dashes it): a '+' in a path is taken literally by some servers and as a space by others."""
     assert (
-        release_url("http://m.example/k3s/", "v1+k3s1", "k3s") == "http://m.example/k3s/v1+k3s1/k3s"
+        release_url("http://m.example/k3s/", "v1+k3s1", "k3s")
+        == "http://m.example/k3s/v1%2Bk3s1/k3s"
     )
-    assert release_url("http://m/{version}/bin", "v1+k3s1", "k3s") == "http://m/v1+k3s1/bin/k3s"
+    assert release_url("http://m/{version}/bin", "v1+k3s1", "k3s") == "http://m/v1%2Bk3s1/bin/k3s"
+
+
+@pytest.mark.parametrize(
+    ("arch", "listed"),
+    [
+        ("amd64", "sha256sum-amd64.txt"),
+        ("arm64", "sha256sum-arm64.txt"),
+        ("armhf", "sha256sum-arm.txt"),
+    ],
+)
+def test_digest_list_names(arch: str, listed: str) -> None:
+    """The armhf binary is k3s-armhf but its list is sha256sum-arm.txt (install.sh ARCH=arm)."""
+    assert digest_list_name(arch) == listed
 
 
 def test_expected_digest_picks_the_exact_name() -> None:
@@ -94,3 +111,17 @@ def test_spec_from_config() -> None:
     assert spec.airgap_file == Path("/srv/k3s")
     assert spec.version == DEFAULT_VERSION == K3sConfig().version
     assert K3sConfig().mirror == GITHUB_MIRROR
+
+
+def test_shipped_digests_file(tmp_path: Path) -> None:
+    from k3snoded.install import SHIPPED_DIGESTS, read_shipped, shipped_digest
+
+    listing = tmp_path / "sums.txt"
+    listing.write_text(f"# comment\nv1.2.3+k3s1 {A} k3s\nv1.2.3+k3s1 {B} k3s-arm64  # note\nbad\n")
+    shipped = read_shipped(listing)
+    assert shipped_digest(shipped, "v1.2.3+k3s1", "k3s-arm64") == B
+    assert shipped_digest(shipped, "v1.2.3+k3s1", "k3s-armhf") is None
+    assert read_shipped(tmp_path / "missing") == ()
+    assert SHIPPED_DIGESTS.exists()  # ships in the package (pyproject package-data)
+    for version, asset, digest in read_shipped():
+        assert version.startswith("v") and asset.startswith("k3s") and len(digest) == 64

@@ -277,28 +277,49 @@ def test_child_env_scrubs_k3s_and_systemd_variables() -> None:
         "K3S_DATASTORE_ENDPOINT": "mysql://stale",
         "NOTIFY_SOCKET": "/run/systemd/notify",
         "WATCHDOG_USEC": "30000000",
-        "INVOCATION_ID": "abc",
         "JOURNAL_STREAM": "8:123",
     }
     assert child_env(base) == {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
 
 
+def test_invocation_id_is_kept_non_empty_and_constant() -> None:
+    """k3s picks the systemd cgroup driver from a non-empty INVOCATION_ID: under systemd k3s
+    must see one, and the same one after every daemon restart (or adoption would restart it)."""
+    first = child_env({"PATH": "/bin", "INVOCATION_ID": "0f3c9a"})
+    second = child_env({"PATH": "/bin", "INVOCATION_ID": "77aa10"})
+    assert first["INVOCATION_ID"] and first == second
+    assert "INVOCATION_ID" not in child_env({"PATH": "/bin"})  # not under systemd: none
+
+
 @pytest.mark.parametrize(
     ("server_args", "url"),
     [
-        ((), "https://127.0.0.1:6443/ping"),
-        (("--https-listen-port", "7443"), "https://127.0.0.1:7443/ping"),
-        (("--https-listen-port=8443",), "https://127.0.0.1:8443/ping"),
+        ((), "https://127.0.0.1:6443/readyz"),
+        (("--https-listen-port", "7443"), "https://127.0.0.1:7443/readyz"),
+        (("--https-listen-port=8443",), "https://127.0.0.1:8443/readyz"),
         (
             ("--bind-address", "0.0.0.0", "--https-listen-port", "7443"),
-            "https://127.0.0.1:7443/ping",
+            "https://127.0.0.1:7443/readyz",
         ),
-        (("--bind-address", "::1"), "https://[::1]:6443/ping"),
+        (("--bind-address", "::1"), "https://[::1]:6443/readyz"),
     ],
 )
 def test_server_spec_ready_url(server_args: tuple[str, ...], url: str) -> None:
     cfg = _cfg(k3s=K3sConfig(server_args=server_args))
     assert child_spec(cfg, Role.SERVER, "", base_env={}).ready_url == url
+
+
+def test_server_health_uses_the_admin_client_certificate() -> None:
+    """/readyz needs credentials; k3s writes an admin client certificate under its data dir
+    and the server is verified against the cluster's server CA."""
+    spec = child_spec(_cfg(), Role.SERVER, "", base_env={})
+    tls = Path("/var/lib/rancher/k3s/server/tls")
+    assert spec.probe_tls is not None
+    assert spec.probe_tls.ca == tls / "server-ca.crt"
+    assert (spec.probe_tls.cert, spec.probe_tls.key) == (
+        tls / "client-admin.crt",
+        tls / "client-admin.key",
+    )
 
 
 def test_server_spec_passes_endpoint_in_env_only() -> None:
@@ -378,4 +399,21 @@ def test_install_token_file_fixes_loose_mode(tmp_path: Path) -> None:
     path = install_token_file(cfg)
     os.chmod(path, 0o644)
     install_token_file(cfg)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_node_password_leaves_etc_rancher_readable(tmp_path: Path) -> None:
+    """k3s creates the node password's parents 0755; under the unit's UMask=0077 a plain
+    mkdir made /etc/rancher 0700 and non-root users lost /etc/rancher/k3s/k3s.yaml."""
+    from k3snoded.k3s import ensure_node_password
+
+    path = tmp_path / "etc" / "rancher" / "node" / "password"
+    cfg = _cfg(k3s=K3sConfig(node_password_file=path))
+    old = os.umask(0o077)
+    try:
+        assert ensure_node_password(cfg, b"k" * 32)
+    finally:
+        os.umask(old)
+    for d in (tmp_path / "etc" / "rancher", path.parent):
+        assert stat.S_IMODE(d.stat().st_mode) == 0o755, d
     assert stat.S_IMODE(path.stat().st_mode) == 0o600

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.fakes.k3s_stub import COMMIT, VERSION, logs, node, process, tokens
+from tests.fakes.k3s_stub import COMMIT, VERSION, logs, node, nodes, process, tokens
 from tests.fakes.k3s_stub.configfile import data_dir
 from tests.fakes.k3s_stub.flags import Args
 from tests.fakes.k3s_stub.loadbalancer import NAME, LoadBalancer
@@ -19,6 +19,8 @@ from tests.fakes.k3s_stub.validate import token_text
 VALIDATE_INTERVAL = 2.0
 CONFIG_INTERVAL = 5.0
 APISERVERS_INTERVAL = 5.0
+READY_POLL = 1.0  # util.WaitForAPIServerReady
+READY_TIMEOUT = 900.0  # util.DefaultAPIServerReadyTimeout
 
 
 class AgentError(Exception):
@@ -47,6 +49,7 @@ class Agent:
         self.node_name = node.node_name(args.get_str("node-name"), args.get_bool("with-node-id"))
         self.node_ip = (args.get_list("node-ip") or [node.detect_ip()])[0]
         self.verified: ssl.SSLContext | None = None
+        self.kubelet: ssl.SSLContext | None = None  # verified, with the kubelet client cert
 
     async def _sleep(self, seconds: float) -> bool:
         """Sleep unless shutting down; True when shutdown was requested."""
@@ -123,6 +126,19 @@ class Agent:
                     logs.error(node.REJECTED)
                 raise
             (self.agent_dir / name).write_bytes(body)
+        # client-kubelet.crt comes as certificate + key (the server generates both).
+        pem = (self.agent_dir / "client-kubelet.crt").read_bytes()
+        cut = pem.find(b"-----BEGIN EC PRIVATE KEY-----")
+        if cut > 0:
+            (self.agent_dir / "client-kubelet.crt").write_bytes(pem[:cut])
+            (self.agent_dir / "client-kubelet.key").write_bytes(pem[cut:])
+            assert self.verified is not None
+            ctx = ssl.create_default_context(cafile=str(self.agent_dir / "server-ca.crt"))
+            ctx.load_cert_chain(
+                str(self.agent_dir / "client-kubelet.crt"),
+                str(self.agent_dir / "client-kubelet.key"),
+            )
+            self.kubelet = ctx
         await self._refresh_servers(session)
 
     async def _refresh_servers(self, session: aiohttp.ClientSession) -> None:
@@ -172,14 +188,61 @@ class Agent:
                 logs.info(f"Waiting to retrieve agent configuration; server is not ready: {exc}")
             if await self._sleep(CONFIG_INTERVAL):
                 return
-        while True:
-            try:
-                await self._get(session, "/v1-k3s/readyz")
-                break
-            except AgentError as exc:
-                logs.info(f"Waiting for control-plane node to become ready: {exc}")
-            if await self._sleep(VALIDATE_INTERVAL):
-                return
+        problem = nodes.label_error(self.args.get_list("node-label"))
+        if problem:
+            logs.fatal(f"kubelet exited: {problem}")
+        if not await self._wait_apiserver_ready(session):
+            return
+        await self._register(session)
         logs.info("k3s agent is up and running")
         process.notify_ready()
         await self._watch_servers(session)
+
+    async def _api(
+        self, session: aiohttp.ClientSession, method: str, path: str, body: object = None
+    ) -> tuple[int, bytes]:
+        url = self.local + path
+        async with session.request(method, url, json=body, ssl=self.kubelet or False) as resp:
+            return resp.status, await resp.read()
+
+    async def _wait_apiserver_ready(self, session: aiohttp.ClientSession) -> bool:
+        """util.WaitForAPIServerReady: GET /readyz (with the kubelet's client certificate)
+        through the load balancer every second until 200; the datastore is part of it, so
+        during an outage the agent is never ready. Fatal after 15 minutes."""
+        started = asyncio.get_running_loop().time()
+        last = ""
+        while asyncio.get_running_loop().time() - started < READY_TIMEOUT:
+            try:
+                status, content = await self._api(session, "GET", "/readyz")
+                if status == 200:
+                    return True
+                last = f"APIServer isn't ready: {content.decode(errors='replace')}"
+                logs.warning(
+                    f"APIServer isn't ready yet: {content.decode(errors='replace')}."
+                    " Waiting a little while."
+                )
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                last = f"failed to get apiserver /readyz status: {exc}"
+            if await self._sleep(READY_POLL):
+                return False
+        logs.fatal(
+            f"failed to wait for apiserver ready: timed out waiting for the condition, {last}"
+        )
+
+    async def _register(self, session: aiohttp.ClientSession) -> None:
+        """The kubelet registers its Node (taints only at creation); k3s merges labels in."""
+        labels = nodes.parse_labels(self.args.get_list("node-label"))
+        taints = nodes.parse_taints(self.args.get_list("node-taint"))
+        new = nodes.new_node(self.node_name, labels, taints)
+        for _ in range(60):
+            try:
+                status, _ = await self._api(session, "POST", "/api/v1/nodes", new)
+                if status in (201, 409):
+                    if status == 201:
+                        logs.info(f"Successfully registered node {self.node_name}")
+                    return
+                logs.info(f"Unable to register node with API server: {status}")
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                logs.info(f"Unable to register node with API server: {exc}")
+            if await self._sleep(1.0):
+                return

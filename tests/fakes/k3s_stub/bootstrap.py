@@ -7,6 +7,7 @@ field names, each ``{"Timestamp": RFC3339, "Content": base64(file bytes)}``.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import hashlib
@@ -79,19 +80,69 @@ def write_to_disk(server_dir: Path, plaintext: bytes) -> None:
                 write_file(path, content)
 
 
-async def existing(store: Store, password: str) -> bytes | None:
-    """Our bootstrap plaintext, None for a fresh cluster; BootstrapError for another token."""
+_WAITING = "waiting for data to be populated by another server"
+LOCK_POLL = 1.0  # storageBootstrap polls once a second
+LOCK_ATTEMPTS = 5  # maxBootstrapWaitAttempts: then the lock is deleted and taken again
+
+
+async def _ours(store: Store, password: str) -> bytes | None:
+    """Our key's value (b"" = the lock), None without any key; BootstrapError for another
+    token's key (getBootstrapKeyFromStorage)."""
     rows = await store.list(PREFIX)
     if not rows:
         return None
+    if len(rows) > 1:
+        logs.warning("found multiple bootstrap keys in storage")
     ours = rows.get(key_for(password))
     if ours is None:
         raise BootstrapError(DIFFERENT_TOKEN)
-    return decrypt(password, ours)
+    return ours
+
+
+async def existing(store: Store, password: str) -> bytes | None:
+    """Pre-2023 k3s: our bootstrap plaintext, None for a fresh cluster."""
+    ours = await _ours(store, password)
+    return None if ours is None else decrypt(password, ours)
+
+
+async def lock_or_load(store: Store, password: str, stopping: asyncio.Event) -> bytes | None:
+    """storageBootstrap since 2023-04 (commit d95980bba): None once this server holds the
+    bootstrap lock (an empty value under our key) and must create the cluster; else the
+    bootstrap plaintext another server saved. Waits while another server holds the lock,
+    and takes the lock over after ``LOCK_ATTEMPTS`` polls (a holder that died)."""
+    key = key_for(password)
+    attempts = 0
+    while not stopping.is_set():
+        attempts += 1
+        ours = await _ours(store, password)
+        if ours is None:
+            if await store.create(key, b""):
+                logs.info("Bootstrap key locked for initial create")
+                return None
+            logs.info(f"Bootstrap key already locked - {_WAITING}")
+        elif not ours:
+            if attempts >= LOCK_ATTEMPTS:
+                logs.info("Bootstrap key lock timed out - deleting lock and retrying")
+                attempts = 0
+                await store.delete(key)
+            else:
+                logs.info(f"Bootstrap key is locked - {_WAITING}")
+        else:
+            return decrypt(password, ours)
+        await asyncio.sleep(LOCK_POLL)
+    return None
 
 
 async def save(store: Store, server_dir: Path, password: str) -> None:
+    """cluster.Save: create our key, or fill the lock we hold (an empty value)."""
     logs.info("Saving cluster bootstrap data to datastore")
     value = encrypt(password, serialize(server_dir))
-    if not await store.create(key_for(password), value):
-        logs.warning("bootstrap key already exists")
+    key = key_for(password)
+    if await store.create(key, value):
+        return
+    current = await store.revision(key)
+    if current is not None and not current[1]:
+        logs.info("Bootstrap key lock is held")
+        if await store.update(key, value, current[0]) is not None:
+            return
+    logs.warning("bootstrap key already exists")

@@ -69,7 +69,7 @@ async def _crash_later(delay: float) -> None:
 
 
 async def _run(command: str, args: flags.Args) -> None:
-    shutdown = Shutdown()
+    shutdown = Shutdown(knobs.shutdown_delay())
     shutdown.install(asyncio.get_running_loop())
     crash = knobs.crash_after()
     crasher = asyncio.create_task(_crash_later(crash)) if crash > 0 else None
@@ -92,9 +92,40 @@ async def _run(command: str, args: flags.Args) -> None:
         logs.fatal(f"{type(exc).__name__}: {exc}")
     if crasher is not None:
         crasher.cancel()
-    if shutdown.event.is_set():
-        # A slow shutdown, so a second signal can land (K3S_FAKE_SHUTDOWN_DELAY).
-        await asyncio.sleep(knobs.shutdown_delay())
+
+
+def _set_pdeathsig() -> None:
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
+def _fork_for_log(command: str, args: flags.Args, argv: Sequence[str]) -> int | None:
+    """``--log``/``-l`` (cmds.forkIfLoggingOrReaping): the process re-executes itself with its
+    output going to the log file, ``NOTIFY_SOCKET=`` and ``_K3S_LOG_REEXEC_=true``, sends
+    READY=1 for the child *as soon as it is started*, waits and passes its exit code on."""
+    path = args.get_str("log")
+    if not path or os.environ.get("_K3S_LOG_REEXEC_"):
+        return None
+    import subprocess
+
+    env = {**os.environ, "_K3S_LOG_REEXEC_": "true", "NOTIFY_SOCKET": ""}
+    with open(path, "ab") as log:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "tests.fakes.k3s_stub", command, *argv],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            preexec_fn=_set_pdeathsig,  # noqa: PLW1509 - Pdeathsig: SIGTERM, like k3s's child
+        )
+    take_notify_socket()
+    set_title("init")
+    from tests.fakes.k3s_stub.process import notify_ready
+
+    notify_ready()
+    return child.wait()
 
 
 def main(argv: Sequence[str]) -> int:
@@ -119,6 +150,9 @@ def main(argv: Sequence[str]) -> int:
     knobs.load(rest)
     args = _parse(command, rest)
     logs.set_debug(args.get_bool("debug"))
+    forked = _fork_for_log(command, args, rest)
+    if forked is not None:
+        return forked
     if command == "server":
         validate.validate_server(args)
     else:

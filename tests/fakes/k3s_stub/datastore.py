@@ -30,6 +30,56 @@ _INSERT = (
 )
 
 
+class Health:
+    """The apiserver's etcd readiness check: one ``SELECT 1`` on its own connection, at most
+    one in flight, answered within ``TIMEOUT`` seconds (``--etcd-readycheck-timeout`` 2 s).
+
+    A datastore that cannot be reached, or that does not answer in time, is unhealthy.
+    """
+
+    TIMEOUT = 2.0
+    FRESH = 1.0  # a result is reused for this long
+
+    def __init__(self, ep: Endpoint) -> None:
+        self.ep = ep
+        self._conn: Any = None
+        self._task: asyncio.Task[bool] | None = None
+        self._result = False
+        self._at = 0.0
+
+    def _ping(self) -> bool:
+        try:
+            if self._conn is None:
+                self._conn = drivers.connect(self.ep)
+            cur = self._conn.cursor()
+            try:
+                cur.execute("SELECT 1")
+                cur.fetchall()
+            finally:
+                cur.close()
+            return True
+        except Exception:
+            with contextlib.suppress(Exception):
+                if self._conn is not None:
+                    self._conn.close()
+            self._conn = None
+            return False
+
+    async def ok(self) -> bool:
+        now = time.monotonic()
+        if self._task is None and now - self._at < self.FRESH:
+            return self._result
+        if self._task is None:
+            self._task = asyncio.create_task(asyncio.to_thread(self._ping))
+        try:
+            self._result = await asyncio.wait_for(asyncio.shield(self._task), self.TIMEOUT)
+        except TimeoutError:
+            return False  # still in flight: the next check waits on the same statement
+        self._task = None
+        self._at = time.monotonic()
+        return self._result
+
+
 class Store:
     """The ``kine`` table in SQLite, MySQL/MariaDB or PostgreSQL."""
 
@@ -133,6 +183,30 @@ class Store:
     def _delete(self, key: str) -> None:
         self._run("DELETE FROM kine WHERE name = ?", (key,))
 
+    def _revision(self, key: str) -> tuple[int, bytes] | None:
+        cur = self._current(key)
+        if cur is None or cur[1]:
+            return None
+        return int(cur[0]), bytes(cur[4]) if cur[4] is not None else b""
+
+    def _update(self, key: str, value: bytes, revision: int) -> int | None:
+        """kine's Update: a new row whose ``prev_revision`` is ``revision``; the unique index
+        on ``(name, prev_revision)`` makes a racing writer lose. None when ``revision`` is not
+        the key's current one."""
+        cur = self._current(key)
+        if cur is None or cur[1] or int(cur[0]) != revision:
+            return None
+        create_rev = int(cur[0]) if cur[3] else int(cur[2] or 0)
+        try:
+            self._run(_INSERT, (key, 0, 0, create_rev, revision, 0, value, None))
+        except Exception as exc:
+            if drivers.is_duplicate(self.ep.driver, exc):
+                return None
+            raise
+        new = self._current(key)
+        self._run("DELETE FROM kine WHERE name = ? AND id <= ?", (key, revision))
+        return int(new[0]) if new is not None else None
+
     # -- async API --------------------------------------------------------------------------
     async def _call(self, fn: Any, *args: Any, timeout: float = 10.0) -> Any:
         return await asyncio.wait_for(asyncio.to_thread(fn, *args), timeout)
@@ -183,6 +257,16 @@ class Store:
 
     async def delete(self, key: str) -> None:
         await self._call(self._delete, key)
+
+    async def revision(self, key: str) -> tuple[int, bytes] | None:
+        """The key's current (revision, value), or None when it does not exist."""
+        found: tuple[int, bytes] | None = await self._call(self._revision, key)
+        return found
+
+    async def update(self, key: str, value: bytes, revision: int) -> int | None:
+        """Compare-and-swap: the new revision, or None when ``revision`` is stale."""
+        new: int | None = await self._call(self._update, key, value, revision)
+        return new
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):

@@ -71,11 +71,18 @@ def crash_after() -> float:
 
 
 def datastore_loss_exit() -> float:
-    return seconds("K3S_FAKE_DATASTORE_LOSS_EXIT", 15.0)
+    """The leader's renew deadline (kube-controller-manager ``--leader-elect-renew-deadline``)."""
+    return seconds("K3S_FAKE_DATASTORE_LOSS_EXIT", 10.0)
 
 
 def shutdown_delay() -> float:
-    return seconds("K3S_FAKE_SHUTDOWN_DELAY", 0.0)
+    """k3s cancels its components through a 5 s delayed context (util.DefaultContextDelay)."""
+    return seconds("K3S_FAKE_SHUTDOWN_DELAY", 5.0)
+
+
+def old_bootstrap() -> bool:
+    """Pre-2023 k3s (before d95980bba): no bootstrap lock, simultaneous servers race."""
+    return os.environ.get("K3S_FAKE_OLD_BOOTSTRAP", "") not in ("", "0", "false")
 
 
 def datastore_latency() -> float:
@@ -83,6 +90,7 @@ def datastore_latency() -> float:
 
 
 def bootstrap_window() -> float:
+    """Seconds between taking the bootstrap lock (old k3s: finding no data) and saving."""
     return seconds("K3S_FAKE_BOOTSTRAP_WINDOW", 1.0)
 
 

@@ -36,13 +36,17 @@ def notify_ready() -> bool:
 
 
 class Shutdown:
-    """First SIGTERM/SIGINT sets the event; a second one exits 1 at once."""
+    """First SIGTERM/SIGINT sets the event ``delay`` seconds later (k3s cancels its components
+    through a delayed context: util.DelayCancel, 5 s); a second signal exits 1 at once."""
 
-    def __init__(self) -> None:
+    def __init__(self, delay: float = 0.0) -> None:
         self.event = asyncio.Event()
+        self.delay = delay
         self._count = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def install(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
 
@@ -55,7 +59,10 @@ class Shutdown:
             logs.error(f"Second shutdown signal received: {name}, exiting...")
             sys.stdout.flush()
             os._exit(1)
-        self.event.set()
+        if self._loop is not None and self.delay > 0:
+            self._loop.call_later(self.delay, self.event.set)
+        else:
+            self.event.set()
 
 
 def set_title(command: str) -> None:

@@ -5,15 +5,15 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import os
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.k3s_stub import logs
+from tests.fakes.k3s_stub import logs, nodes, tls
 
 UNAUTHORIZED = {
     "kind": "Status",
@@ -41,6 +41,8 @@ class ServerState:
     config: dict[str, object]
     apiservers: Callable[[], Awaitable[list[str]]]
     check_node_password: Callable[[str, str], Awaitable[None]]
+    datastore_ok: Callable[[], Awaitable[bool]] | None = None
+    nodes: nodes.Nodes | None = None
     ready: bool = False
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -48,9 +50,34 @@ class ServerState:
         return (self.server_dir / "tls" / "server-ca.crt").read_bytes()
 
 
-def _ping_failing() -> bool:
-    path = os.environ.get("K3S_FAKE_PING_FAIL_FILE", "")
-    return bool(path) and os.path.exists(path)
+def _status(code: int, reason: str, message: str) -> web.Response:
+    body = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
+    return web.json_response(body, status=code)
+
+
+def client_identity(request: web.Request) -> tuple[str, tuple[str, ...]] | None:
+    """(CN, organisations) of a verified client certificate, or None (x509 authentication)."""
+    transport = request.transport
+    ssl_obj = transport.get_extra_info("ssl_object") if transport is not None else None
+    cert = ssl_obj.getpeercert() if ssl_obj is not None else None
+    if not cert:
+        return None
+    cn, orgs = "", []
+    for rdn in cert.get("subject", ()):
+        for name, value in rdn:
+            if name == "commonName":
+                cn = value
+            elif name == "organizationName":
+                orgs.append(value)
+    return cn, tuple(orgs)
 
 
 def _basic_auth(request: web.Request) -> tuple[str, str] | None:
@@ -74,8 +101,7 @@ def build_app(state: ServerState) -> web.Application:
     app = web.Application()
 
     async def ping(_request: web.Request) -> web.Response:
-        if _ping_failing():
-            return web.Response(status=503, text="apiserver not ready\n")
+        # Static: k3s's supervisor answers it while the process lives (handlers.go Ping).
         return web.Response(body=b"pong", headers={"Content-Type": "text/plain"})
 
     async def cacerts(_request: web.Request) -> web.Response:
@@ -110,7 +136,20 @@ def build_app(state: ServerState) -> web.Application:
             return web.json_response(await state.apiservers())
         if name in ("server-ca.crt", "client-ca.crt"):
             return web.Response(body=(state.server_dir / "tls" / name).read_bytes())
-        if name in ("serving-kubelet.crt", "client-kubelet.crt"):
+        if name == "client-kubelet.crt":
+            node = request.headers.get("k3s-Node-Name", "")
+            node_pw = request.headers.get("k3s-Node-Password", "")
+            if not node or not node_pw:
+                return _send_error(request, 400, "Bad Request", "node name or password missing")
+            try:
+                await state.check_node_password(node, node_pw)
+            except NodePasswordRejected:
+                return _send_error(
+                    request, 403, "Forbidden", f"unable to verify password for node {node}"
+                )
+            cert, key = tls.issue_client(state.server_dir, f"system:node:{node}", "system:nodes")
+            return web.Response(body=cert + key)
+        if name == "serving-kubelet.crt":
             node = request.headers.get("k3s-Node-Name", "")
             node_pw = request.headers.get("k3s-Node-Password", "")
             if not node or not node_pw:
@@ -134,9 +173,19 @@ def build_app(state: ServerState) -> web.Application:
             return _send_error(request, 400, "Bad Request", "etcd disabled")
         return web.Response(status=404, text="404 page not found\n")
 
-    async def kube(_request: web.Request) -> web.Response:
-        # Anonymous auth is off on the apiserver: everything else needs credentials.
-        return web.json_response(UNAUTHORIZED, status=401)
+    async def kube(request: web.Request) -> web.StreamResponse:
+        # Anonymous auth is off on the apiserver: everything needs a client certificate.
+        who = client_identity(request)
+        if who is None:
+            return web.json_response(UNAUTHORIZED, status=401)
+        path = request.path.rstrip("/")
+        if path in ("/readyz", "/healthz"):
+            return await _readyz(state)
+        if path == "/livez":
+            return web.Response(text="ok")
+        if path == "/api/v1/nodes" or path.startswith("/api/v1/nodes/"):
+            return await _nodes(request, state, who, path[len("/api/v1/nodes") :].strip("/"))
+        return _status(404, "NotFound", "the server could not find the requested resource")
 
     app.router.add_get("/ping", ping)
     app.router.add_get("/cacerts", cacerts)
@@ -145,10 +194,94 @@ def build_app(state: ServerState) -> web.Application:
     return app
 
 
-def ssl_context(cert: Path, key: Path) -> ssl.SSLContext:
+_HOOK = "[+]poststarthook/start-apiserver-admission-initializer ok\n"
+
+
+async def _readyz(state: ServerState) -> web.Response:
+    """kube-apiserver /readyz: 200 ``ok`` or 500 with the failed checks (etcd included)."""
+    if not state.ready:
+        body = (
+            "[+]ping ok\n[+]log ok\n[+]etcd ok\n"
+            "[-]poststarthook/start-apiserver-admission-initializer failed: not finished\n"
+            "readyz check failed\n"
+        )
+        return web.Response(status=500, text=body)
+    ok = state.datastore_ok is None or await state.datastore_ok()
+    if ok:
+        return web.Response(text="ok")
+    body = f"[+]ping ok\n[+]log ok\n[-]etcd failed: reason withheld\n{_HOOK}readyz check failed\n"
+    return web.Response(status=500, text=body)
+
+
+def _may(who: tuple[str, tuple[str, ...]], verb: str, name: str) -> bool:
+    cn, orgs = who
+    if "system:masters" in orgs:
+        return True
+    # The node authorizer: a kubelet reads and creates its own Node object only.
+    return "system:nodes" in orgs and cn == f"system:node:{name}" and verb in ("get", "create")
+
+
+async def _nodes(
+    request: web.Request, state: ServerState, who: tuple[str, tuple[str, ...]], name: str
+) -> web.StreamResponse:
+    if state.nodes is None or not state.ready:
+        return _status(503, "ServiceUnavailable", "the server is currently unable to handle it")
+    method = request.method
+    verb = {"GET": "get" if name else "list", "POST": "create", "PUT": "update"}.get(
+        method, "patch"
+    )
+    body: Any = None
+    if method in ("POST", "PUT", "PATCH"):
+        try:
+            body = json.loads(await request.read())
+        except ValueError:
+            return _status(400, "BadRequest", "the request body is not valid JSON")
+        if not isinstance(body, dict):
+            return _status(400, "BadRequest", "the request body must be a JSON object")
+        if method == "POST":
+            name = str((body.get("metadata") or {}).get("name", ""))
+    if not _may(who, verb, name):
+        return _status(
+            403,
+            "Forbidden",
+            f'nodes "{name}" is forbidden: User "{who[0]}" cannot {verb} resource "nodes"',
+        )
+    try:
+        if verb == "list":
+            items = await state.nodes.list()
+            return web.json_response({"kind": "NodeList", "apiVersion": "v1", "items": items})
+        if verb == "get":
+            return web.json_response(await state.nodes.get(name))
+        if verb == "create":
+            return web.json_response(await state.nodes.create(body), status=201)
+        if verb == "update":
+            return web.json_response(await state.nodes.replace(name, body))
+        kind = request.headers.get("Content-Type", "").split(";")[0].strip()
+        if kind not in ("application/merge-patch+json", "application/strategic-merge-patch+json"):
+            return _status(
+                415,
+                "UnsupportedMediaType",
+                f"the body of the request was in an unknown format ({kind}) - this stand-in"
+                " accepts application/merge-patch+json and application/strategic-merge-patch+json",
+            )
+        return web.json_response(await state.nodes.patch(name, body))
+    except nodes.NotFound:
+        return _status(404, "NotFound", f'nodes "{name}" not found')
+    except nodes.Conflict as exc:
+        reason = "AlreadyExists" if "already exists" in str(exc) else "Conflict"
+        return _status(409, reason, str(exc))
+    except Exception as exc:  # the datastore failed under the apiserver
+        return _status(500, "InternalError", f"Internal error occurred: {type(exc).__name__}")
+
+
+def ssl_context(cert: Path, key: Path, client_ca: Path | None = None) -> ssl.SSLContext:
+    """The listener's TLS; client certificates of ``client_ca`` are verified when offered."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(str(cert), str(key))
+    if client_ca is not None:
+        ctx.verify_mode = ssl.CERT_OPTIONAL
+        ctx.load_verify_locations(cafile=str(client_ca))
     return ctx
 
 

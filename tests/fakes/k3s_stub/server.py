@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -21,38 +22,51 @@ from tests.fakes.k3s_stub import (
     knobs,
     logs,
     node,
+    nodes,
     process,
     tokens,
 )
 from tests.fakes.k3s_stub.configfile import data_dir, rooted
-from tests.fakes.k3s_stub.datastore import Store
+from tests.fakes.k3s_stub.datastore import Health, Store
 from tests.fakes.k3s_stub.drivers import Fatal
 from tests.fakes.k3s_stub.endpoint import EndpointError, parse
 from tests.fakes.k3s_stub.flags import Args
 from tests.fakes.k3s_stub.routes import NodePasswordRejected, ServerState, build_app, ssl_context
-from tests.fakes.k3s_stub.tls import KUBERNETES_NAMES, SERVICE_IP, ensure_cas, issue_serving
+from tests.fakes.k3s_stub.tls import (
+    KUBERNETES_NAMES,
+    SERVICE_IP,
+    ensure_cas,
+    ensure_client_admin,
+    issue_serving,
+)
 
 LEASE_PREFIX = "/registry/masterleases/"
 LEASE_TTL = 15.0
 NODE_PASSWORD_KEY = "/registry/secrets/kube-system/{}.node-password.k3s"
+LEADER_KEY = "/registry/leases/kube-system/kube-controller-manager"
+LEADER_DURATION = 15.0  # --leader-elect-lease-duration
+NORMALIZE = (
+    "failed to normalize server token; must be in format K10<CA-HASH>::<USERNAME>:<PASSWORD>"
+    " or <PASSWORD>"
+)
 
 
-def _password(args: Args, server_dir: Path, flag: str) -> str:
+async def _password(args: Args, server_dir: Path, flag: str) -> str:
     text = args.get_str(flag)
     if args.get_str(flag + "-file"):
         try:
-            text = tokens.read_token_file(args.get_str(flag + "-file"))
+            text = await asyncio.to_thread(tokens.read_token_file, args.get_str(flag + "-file"))
         except OSError as exc:
-            logs.fatal(f"failed to read token file: {exc}")
+            logs.fatal(str(exc) if not exc.errno else f"failed to read token file: {exc}")
     if not text:
         return ""
+    if flag == "token" and tokens.is_bootstrap_token(text):
+        # util.NormalizeToken: kubeadm-style tokens have an ID/secret, not a password.
+        logs.fatal(NORMALIZE)
     try:
         return tokens.parse(text).password
     except tokens.TokenError as exc:
-        logs.fatal(
-            "failed to normalize token; must be in format K10<CA-HASH>::<USERNAME>:<PASSWORD>"
-            f" or <PASSWORD>: {exc}"
-        )
+        logs.fatal(f"{NORMALIZE}: {exc}")
 
 
 class Server:
@@ -70,6 +84,9 @@ class Server:
         self.store: Store | None = None
         self.state: ServerState | None = None
         self.loss_since: float | None = None
+        self.leading = False
+        self.renewed_leader = 0.0  # monotonic time of the last successful leader renewal
+        self.identity = f"{self.node_name}_{os.getpid()}"
 
     async def _open_datastore(self) -> Store:
         raw = self.args.get_str("datastore-endpoint")
@@ -97,8 +114,12 @@ class Server:
         return store
 
     async def _bootstrap(self, store: Store, password: str) -> None:
+        old = knobs.old_bootstrap()
         try:
-            data = await bootstrap.existing(store, password)
+            if old:
+                data = await bootstrap.existing(store, password)
+            else:
+                data = await bootstrap.lock_or_load(store, password, self.shutdown.event)
         except bootstrap.BootstrapError as exc:
             logs.fatal(f"preparing server: {exc}")
         except Exception as exc:
@@ -110,7 +131,8 @@ class Server:
             return
         ensure_cas(self.server_dir)
         # k3s saves the bootstrap data a while after finding none (certificates, kine, the
-        # apiserver start in between): servers started together race in this window.
+        # apiserver start in between). Pre-2023 servers started together raced in this
+        # window; since then the others wait on the lock meanwhile.
         await asyncio.sleep(knobs.bootstrap_window())
         try:
             await bootstrap.save(store, self.server_dir, password)
@@ -180,13 +202,42 @@ class Server:
         value = json.dumps(lease)
         await self.store.put(LEASE_PREFIX + self.advertise, value.encode(), int(LEASE_TTL))
 
+    async def _elect_once(self) -> None:
+        """Acquire or renew the kube-controller-manager lease (one CAS on the kine row)."""
+        assert self.store is not None
+        now = time.time()
+        mine = json.dumps({"holder": self.identity, "renewed": now}).encode()
+        current = await self.store.revision(LEADER_KEY)
+        if current is None:
+            won = await self.store.create(LEADER_KEY, mine)
+        else:
+            lease = json.loads(current[1] or b"{}")
+            free = now - float(lease.get("renewed", 0)) > LEADER_DURATION
+            if lease.get("holder") != self.identity and not free:
+                self.leading = False
+                return
+            won = await self.store.update(LEADER_KEY, mine, current[0]) is not None
+        if won and not self.leading:
+            logs.klog(
+                "I",
+                "leaderelection.go:268",
+                "successfully acquired lease kube-system/kube-controller-manager",
+            )
+        self.leading = won
+        if won:
+            self.renewed_leader = time.monotonic()
+
     async def lease_loop(self) -> None:
-        """Renew the masterlease; a datastore lost for too long is a leader-election loss (255)."""
+        """Renew the masterlease and take part in leader election. Losing the datastore is
+        fatal only for the leader: once it cannot renew for the renew deadline it logs
+        ``leaderelection lost`` and exits 1 (kube-controller-manager ``OnStoppedLeading``:
+        klog.FlushAndExit(.., 1)); every other server keeps running and serving."""
         limit = knobs.datastore_loss_exit()
         interval = knobs.lease_interval()
         while True:
             try:
                 await asyncio.wait_for(self._lease_once(), timeout=max(1.0, interval * 2))
+                await asyncio.wait_for(self._elect_once(), timeout=max(1.0, interval * 2))
                 if self.loss_since is not None:
                     logs.info("Datastore connection restored")
                 self.loss_since = None
@@ -201,14 +252,16 @@ class Server:
                     "leaderelection.go:436",
                     f"error retrieving resource lock kube-system/kube-controller-manager: {err}",
                 )
-                if now - self.loss_since >= limit:
+                if self.leading and now - self.renewed_leader >= limit:
                     logs.klog(
                         "I",
                         "leaderelection.go:297",
                         "failed to renew lease kube-system/kube-controller-manager: timed out "
                         "waiting for the condition",
                     )
-                    logs.klog_fatal("controllermanager.go:332", "leaderelection lost")
+                    logs.klog("E", "controllermanager.go:341", '"leaderelection lost"')
+                    sys.stderr.flush()
+                    os._exit(1)
             await asyncio.sleep(interval)
 
     async def run(self) -> None:
@@ -217,12 +270,12 @@ class Server:
         self.server_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.server_dir, 0o700)
         existing = tokens.read_passwd(self.server_dir)
-        password = _password(args, self.server_dir, "token") or existing.get("server", "")
+        password = await _password(args, self.server_dir, "token") or existing.get("server", "")
         if not password:
             password = tokens.random_password()
-        agent_pw = _password(args, self.server_dir, "agent-token")
+        agent_pw = await _password(args, self.server_dir, "agent-token")
         if not args.get_str("datastore-endpoint"):
-            if args.get_str("server") and _password(args, self.server_dir, "token"):
+            if args.get_str("server") and await _password(args, self.server_dir, "token"):
                 await embedded.join(args.get_str("server"), password)
             elif args.get_bool("cluster-init"):
                 embedded.warn_cluster_init()
@@ -232,6 +285,7 @@ class Server:
         tokens.write_passwd(self.server_dir, password, agent_pw or password)
         await self._bootstrap(self.store, password)
         tokens.write_passwd(self.server_dir, password, agent_pw or password)
+        ensure_client_admin(self.server_dir)
         serving = issue_serving(self.server_dir, self._sans())
         tokens.write_token_files(
             self.server_dir, password, agent_pw or None, self.advertise, self.advertise_port
@@ -244,11 +298,13 @@ class Server:
             config=self._config(),
             apiservers=self.apiservers,
             check_node_password=self.check_node_password,
+            datastore_ok=Health(self.store.ep).ok,
+            nodes=nodes.Nodes(self.store),
         )
         runner = web.AppRunner(build_app(self.state), access_log=None, shutdown_timeout=0.5)
         await runner.setup()
         bind = args.get_str("bind-address") or "0.0.0.0"
-        tls = ssl_context(serving.cert, serving.key)
+        tls = ssl_context(serving.cert, serving.key, self.server_dir / "tls" / "client-ca.crt")
         site = web.TCPSite(runner, bind, self.port, ssl_context=tls, reuse_address=True)
         try:
             await site.start()
@@ -275,6 +331,7 @@ class Server:
         )
         await self._register_self()
         tasks = [asyncio.create_task(self.lease_loop()), asyncio.create_task(self._become_ready())]
+        tasks.append(asyncio.create_task(self._kubelet()))
         try:
             await self.shutdown.event.wait()
         finally:
@@ -302,3 +359,45 @@ class Server:
         logs.info("Kube API server is now running")
         logs.info("k3s is up and running")
         process.notify_ready()
+
+    async def _kubelet(self) -> None:
+        """The embedded agent's kubelet: it validates its labels (fatal), registers the Node
+        once with its taints, then k3s merges ``--node-label`` labels and, being a server,
+        adds the control-plane role labels (never removed by k3s)."""
+        labels = self.args.get_list("node-label")
+        problem = nodes.label_error(labels)
+        while self.state is None or not self.state.ready:
+            await asyncio.sleep(0.2)
+        if problem:
+            logs.fatal(f"kubelet exited: {problem}")
+        assert self.state.nodes is not None
+        await register_node(
+            self.state.nodes,
+            self.node_name,
+            nodes.parse_labels(labels),
+            nodes.parse_taints(self.args.get_list("node-taint")),
+            {nodes.CONTROL_PLANE: "true", nodes.MASTER: "true"},
+        )
+
+
+async def register_node(
+    api: nodes.Nodes,
+    name: str,
+    labels: dict[str, str],
+    taints: list[dict[str, str]],
+    role_labels: dict[str, str] | None = None,
+) -> None:
+    """Create the Node if absent (taints only then), merge labels in; retried every second."""
+    for _ in range(3600):
+        try:
+            try:
+                await api.create(nodes.new_node(name, labels, taints))
+                logs.info(f"Successfully registered node {name}")
+            except nodes.Conflict:
+                pass
+            if await api.merge_labels(name, {**labels, **(role_labels or {})}):
+                logs.info(f"labels have been set successfully on node: {name}")
+                return
+        except Exception as exc:
+            logs.info(f"Waiting for control-plane node {name} startup: {exc}")
+        await asyncio.sleep(1.0)

@@ -105,6 +105,53 @@ def ensure_cas(server_dir: Path) -> None:
         _write(service, _pem_key(ec.generate_private_key(ec.SECP256R1())))
 
 
+def _load_ca(server_dir: Path, stem: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    cert = x509.load_pem_x509_certificate((server_dir / "tls" / f"{stem}.crt").read_bytes())
+    pem = (server_dir / "tls" / f"{stem}.key").read_bytes()
+    key = serialization.load_pem_private_key(pem, None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise TypeError(f"{stem} key is not an EC key")
+    return cert, key
+
+
+def issue_client(server_dir: Path, cn: str, org: str) -> tuple[bytes, bytes]:
+    """A client certificate (PEM cert, PEM key) signed by the cluster's client CA."""
+    ca_cert, ca_key = _load_ca(server_dir, "client-ca")
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(
+            x509.Name(
+                [
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, org),
+                    x509.NameAttribute(NameOID.COMMON_NAME, cn),
+                ]
+            )
+        )
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=365))
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), _pem_key(key)
+
+
+def ensure_client_admin(server_dir: Path) -> None:
+    """``server/tls/client-admin.{crt,key}``: CN system:admin, O system:masters (deps.go)."""
+    crt, key = server_dir / "tls" / "client-admin.crt", server_dir / "tls" / "client-admin.key"
+    if crt.exists() and key.exists():
+        ca = x509.load_pem_x509_certificate((server_dir / "tls" / "client-ca.crt").read_bytes())
+        if x509.load_pem_x509_certificate(crt.read_bytes()).issuer == ca.subject:
+            return
+    cert_pem, key_pem = issue_client(server_dir, "system:admin", "system:masters")
+    _write(crt, cert_pem, 0o644)
+    _write(key, key_pem)
+
+
 def write_file(path: Path, data: bytes) -> None:
     _write(path, data, 0o644 if path.suffix == ".crt" else 0o600)
 
@@ -123,11 +170,7 @@ class Serving:
 
 def issue_serving(server_dir: Path, sans: list[str], cn: str = "k3s") -> Serving:
     """A fresh serving certificate for the listener, signed by the server CA."""
-    ca_cert = x509.load_pem_x509_certificate((server_dir / "tls/server-ca.crt").read_bytes())
-    key_pem = (server_dir / "tls/server-ca.key").read_bytes()
-    ca_key = serialization.load_pem_private_key(key_pem, None)
-    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
-        raise TypeError("server CA key is not an EC key")
+    ca_cert, ca_key = _load_ca(server_dir, "server-ca")
     key = ec.generate_private_key(ec.SECP256R1())
     alt: list[x509.GeneralName] = []
     seen: list[str] = []

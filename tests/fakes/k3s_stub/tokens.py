@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,9 +46,28 @@ def parse(text: str) -> Token:
     return Token(hash_part, "", creds)
 
 
+FILE_WAIT = 240.0  # util.ReadFile waits up to 4 minutes for a missing file
+FILE_POLL = 2.0
+
+
 def read_token_file(path: str) -> str:
-    """util.ReadFile: the content with trailing newlines/whitespace trimmed."""
-    return Path(path).read_text().strip()
+    """util.ReadFile: the content, surrounding whitespace trimmed. A file that does not exist
+    yet is waited for (every 2 s, ``Waiting for <path> to be available``) for up to 4 minutes,
+    then ``Timeout while trying to read the file``. Blocking."""
+    start = time.monotonic()
+    while time.monotonic() - start < FILE_WAIT:
+        try:
+            return Path(path).read_text().strip()
+        except FileNotFoundError:
+            logs.info(f"Waiting for {path} to be available")
+            time.sleep(FILE_POLL)
+    raise OSError("Timeout while trying to read the file")
+
+
+def is_bootstrap_token(text: str) -> bool:
+    """A kubeadm-style ``abcdef.0123456789abcdef`` (bare or after ``K10<hash>::``)."""
+    creds = text.split("::", 1)[1] if text.startswith("K10") and "::" in text else text
+    return bool(_BOOTSTRAP_TOKEN.match(creds))
 
 
 def random_password() -> str:

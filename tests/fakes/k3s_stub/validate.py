@@ -5,20 +5,22 @@ from __future__ import annotations
 import ipaddress
 import os
 import urllib.parse
-from pathlib import Path
 
 from tests.fakes.k3s_stub import logs
 from tests.fakes.k3s_stub.flags import Args
 
 
 def token_text(args: Args) -> str:
-    """``--token-file`` (content, trailing whitespace trimmed) wins over ``--token``."""
+    """``--token-file`` (content, trailing whitespace trimmed; a missing file is waited for)
+    wins over ``--token``."""
+    from tests.fakes.k3s_stub.tokens import read_token_file
+
     text = args.get_str("token")
     if args.get_str("token-file"):
         try:
-            text = Path(args.get_str("token-file")).read_text().strip()
+            text = read_token_file(args.get_str("token-file"))
         except OSError as exc:
-            logs.fatal(f"failed to read token file: {exc}")
+            logs.fatal(str(exc) if not exc.errno else f"failed to read token file: {exc}")
     return text
 
 

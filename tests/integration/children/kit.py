@@ -136,6 +136,9 @@ async def daemon_then_sigkill(
         "ready_url": spec.ready_url,
         "ready_timeout": spec.ready_timeout,
         "stop_timeout": spec.stop_timeout,
+        "probe_tls": None
+        if spec.probe_tls is None
+        else {k: str(getattr(spec.probe_tls, k)) for k in ("ca", "cert", "key")},
     }
     status_file = run_dir / "daemon-status"
     daemon = subprocess.Popen(

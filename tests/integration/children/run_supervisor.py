@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from k3snoded.supervisor import ChildSpec, ChildStatus, Supervisor
+from k3snoded.supervisor import ChildSpec, ChildStatus, ProbeTls, Supervisor
 
 
 async def _main(name: str, run_dir: Path, spec: ChildSpec, status_file: Path) -> None:
@@ -30,6 +30,7 @@ async def _main(name: str, run_dir: Path, spec: ChildSpec, status_file: Path) ->
 def main() -> None:
     name, run_dir, spec_json, status_file = sys.argv[1:5]
     data = json.loads(spec_json)
+    tls = data.get("probe_tls")
     spec = ChildSpec.build(
         data["argv"],
         data["env"],
@@ -37,6 +38,7 @@ def main() -> None:
         ready_url=data.get("ready_url"),
         ready_timeout=data.get("ready_timeout", 30.0),
         stop_timeout=data.get("stop_timeout", 5.0),
+        probe_tls=None if not tls else ProbeTls(*(Path(tls[k]) for k in ("ca", "cert", "key"))),
     )
     asyncio.run(_main(name, Path(run_dir), spec, Path(status_file)))
 
