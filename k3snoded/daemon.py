@@ -18,7 +18,7 @@ from k3snoded.config import Config, load_config
 from k3snoded.discovery.signing import derive_key
 from k3snoded.errors import EX_CONFIG, ConfigError, InstallError, K3snodedError
 from k3snoded.install import ensure_k3s, spec_from_config
-from k3snoded.logs import setup_logging
+from k3snoded.logs import k3s_output, set_context, setup_logging
 from k3snoded.metrics import render_metrics
 from k3snoded.model import Peer, Role
 from k3snoded.notify import SystemdNotifier, watchdog_interval
@@ -41,6 +41,7 @@ class Daemon:
             "k3s",
             cfg.node.run_dir,
             backoff_max=cfg.k3s.restart_backoff_max,
+            output=k3s_output,
         )
         self.vip = VipKeeper(cfg)
         self.peers = PeerBook(cfg, local=self._local_peer)
@@ -102,8 +103,17 @@ class Daemon:
         )
 
     def _healthy(self) -> bool:
-        wanted = self.roles.wanted
-        return wanted.role is Role.NONE or self.supervisor.status.ready
+        """``/healthz`` for load balancers: this machine is a k3s server and it is ready."""
+        return self.roles.wanted.role is Role.SERVER and self.supervisor.status.ready
+
+    def journal_fields(self) -> dict[str, str]:
+        """Fields on every journal entry: ``journalctl -u k3snoded K3SNODED_ROLE=server``."""
+        c = self.supervisor.status
+        return {
+            "K3SNODED_NODE": self.cfg.node.name,
+            "K3SNODED_ROLE": self.roles.wanted.role.value,
+            "K3SNODED_K3S": "ready" if c.ready else c.state.value,
+        }
 
     def _status_line(self) -> str:
         w = self.roles.wanted
@@ -128,6 +138,7 @@ class Daemon:
             self.cfg.cluster.name,
             self.cfg.source,
         )
+        set_context(self.journal_fields)
         await asyncio.to_thread(self._prepare_files)
         await self.api.start()
         try:
