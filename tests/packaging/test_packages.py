@@ -57,7 +57,8 @@ def test_deb_contents(built: Built) -> None:
     assert "/usr/share/lintian/overrides/k3snoded" in files
     assert any(p.startswith("/opt/k3snoded/lib/common/k3snoded/") for p in files)
     for v in ("3.11", "3.12", "3.13"):  # one tree per CPython ABI, each with its C extensions
-        so = f"/opt/k3snoded/lib/python{v}/site-packages/aiohttp/_http_parser.cpython-{v.replace('.', '')}"
+        site = f"/opt/k3snoded/lib/python{v}/site-packages"
+        so = f"{site}/aiohttp/_http_parser.cpython-{v.replace('.', '')}"
         assert any(p.startswith(so) for p in files), v
         assert f"/opt/k3snoded/lib/python{v}/site-packages/k3snoded-common.pth" in files
     assert not any("__pycache__" in p for p in files)  # compiled on the target (postinst)
