@@ -12,7 +12,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from k3snoded import __version__, k3s
+from k3snoded import __version__, handover, k3s
 from k3snoded.api import ApiServer
 from k3snoded.config import Config, load_config
 from k3snoded.discovery.signing import derive_key
@@ -150,11 +150,18 @@ class Daemon:
                 await self._stop.wait()
                 for reload in list(self._reloads):
                     reload.cancel()
+                restart = await asyncio.to_thread(handover.restart_requested)
                 self.notifier.notify("STOPPING=1")
-                log.info("stopping: releasing the role, then stopping k3s")
-                await self.roles.stop()
-                roles.cancel()
-                await self.supervisor.shutdown(stop_child=True)
+                if restart:  # decision 0005: k3s and the VIP stay for the next daemon
+                    log.info("systemd restarts k3snoded: k3s keeps running, the VIP is handed over")
+                    roles.cancel()
+                    await asyncio.wait([roles])
+                    await self.vip.hand_over()
+                else:
+                    log.info("stopping: releasing the role, then stopping k3s")
+                    await self.roles.stop()
+                    roles.cancel()
+                await self.supervisor.shutdown(stop_child=not restart)
                 await sup
                 peers.cancel()
                 await self.peers.close()
