@@ -80,3 +80,32 @@ def test_package_upgrade_then_restart_keeps_k3s_and_the_vip(pair: Pair, debs: De
     _restart_keeps_everything(pair, "upgrade + systemctl restart")
     installed = holder.run(["dpkg-query", "-W", "-f=${Version}", "k3snoded"]).stdout
     assert installed == debs.newer_version
+
+
+def test_systemctl_stop_stops_k3s_and_releases_the_vip(pair: Pair) -> None:
+    """docs/operations.md: stop means this machine stops serving (k3s stopped, VIP released at
+    once to the other server); start brings it back and it adopts nothing (k3s is gone)."""
+    holder = pair.holder()
+    other = pair.other(holder)
+    k3s = nodes.k3s_pid(holder)
+    assert k3s is not None
+    on_other = HoldsAddress(other.machine.netns, VIP).start()
+    try:
+        t0 = time.monotonic()
+        holder.systemctl("stop", "k3snoded")
+        stopped = time.monotonic() - t0
+        other.wait(lambda: nodes.holds_vip(other), 10, "the VIP on the other server")
+    finally:
+        on_other.stop()
+    assert holder.show("k3snoded", "ActiveState")["ActiveState"] == "inactive"
+    assert holder.run(["kill", "-0", str(k3s)], check=False).returncode != 0, "k3s still runs"
+    assert not nodes.holds_vip(holder)
+    assert nodes.healthz(holder) == 0  # nothing listens any more
+    assert stopped < 60, stopped
+    # The VIP moved on the priority-0 advert, not after a master-down interval of silence.
+    took = next(t for t, ok in on_other.samples if ok) - t0
+    assert took < stopped + 1.0, took
+    holder.systemctl("start", "k3snoded")
+    s = nodes.status(holder)
+    assert s is not None and s["k3s"]["ready"] and not s["k3s"]["adopted"]
+    assert s["k3s"]["pid"] != k3s
