@@ -77,11 +77,36 @@ class Booted:
     # ---- lifecycle ---------------------------------------------------------------------------
     def boot(self) -> None:
         """Mount the overlay and start the container; returns once systemd answers."""
+        self.prepare()
+        self.start()
+        self.wait_running()
+
+    def prepare(self) -> None:
+        """Mount the machine's overlay of the cached root (idempotent)."""
+        if self._mounted:
+            return
         for d in (self.upper, self.work, self.merged):
             d.mkdir(parents=True, exist_ok=True)
         opts = f"lowerdir={self.root},upperdir={self.upper},workdir={self.work}"
         _run(["mount", "-t", "overlay", "overlay", "-o", opts, str(self.merged)])
         self._mounted = True
+
+    def offline(self, argv: Sequence[str], timeout: float = 300) -> str:
+        """Run argv in the (not booted) root, as in a chroot: to install before the first boot."""
+        self.prepare()
+        proc = subprocess.run(
+            ["systemd-nspawn", "-q", "-D", str(self.merged), "--register=no", "--keep-unit",
+             "--pipe", "--", *argv],
+            capture_output=True, text=True, timeout=timeout, check=False,
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        )  # fmt: skip
+        if proc.returncode != 0:
+            raise SystemdLabError(f"{self.name}: {shlex.join(argv)}: {proc.stderr}")
+        return proc.stdout
+
+    def start(self) -> None:
+        """Start the container (systemd as PID 1); returns once its PID 1 exists."""
+        self.prepare()
         prefix = _interpreter_prefix()
         argv = [
             "systemd-nspawn",
@@ -105,7 +130,6 @@ class Booted:
                 argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
             )
         self.leader = self._wait_leader()
-        self._wait_running()
 
     def _wait_leader(self) -> int:
         assert self.proc is not None
@@ -121,7 +145,7 @@ class Booted:
             time.sleep(0.05)
         raise SystemdLabError(f"{self.name}: no container process after 30 s")
 
-    def _wait_running(self) -> None:
+    def wait_running(self) -> None:
         deadline = time.monotonic() + BOOT_TIMEOUT
         state = ""
         while time.monotonic() < deadline:
