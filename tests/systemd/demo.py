@@ -11,6 +11,7 @@ moves and the coordinator replaces the server. Ctrl-C tears everything down.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -103,9 +104,10 @@ def main(suite: str, servers: int, hold: float) -> int:
             holder.systemctl("restart", "k3snoded")
             show(f"restarted: k3s pid {nodes.k3s_pid(holder)}, VIP still on it", ms, alive)
             time.sleep(hold)
-            print(f"crashing {holder.name}: its container is killed")
-            assert holder.proc is not None
-            holder.proc.kill()
+            print(f"crashing {holder.name}: link down, its container's PID 1 SIGKILLed")
+            holder.machine.link_down()
+            assert holder.leader is not None and holder.proc is not None
+            os.kill(holder.leader, signal.SIGKILL)  # the kernel ends its whole pid namespace
             holder.proc.wait(timeout=30)
             alive.discard(holder.name)
             until(
