@@ -4,7 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test check lint typecheck unit dbs dbs-stop demo bench soak package clean
+.PHONY: setup test check lint typecheck unit dbs dbs-stop demo demo-systemd bench soak package clean \
+	systemd-lab systemd-roots
 
 setup:
 	@scripts/setup.sh
@@ -23,7 +24,7 @@ typecheck: setup
 	$(VENV)/bin/mypy
 
 # Everything CI runs: installs what is missing, starts the databases, lints, type-checks, tests.
-test: setup dbs lint typecheck
+test: setup dbs lint typecheck systemd-roots
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 unit: setup
@@ -31,6 +32,18 @@ unit: setup
 
 demo: setup
 	$(PY) -m tests.lab.demo $(DEMO_ARGS)
+
+# The demo on Debian containers with systemd as PID 1 and the .deb installed (DEMO_ARGS=--systemd debian12).
+demo-systemd: setup dbs
+	$(PY) -m tests.lab.demo --systemd $(DEMO_ARGS)
+
+# The cached Debian 12 and 13 roots of the systemd lab (debootstrap, once; in parallel).
+systemd-roots: setup
+	@scripts/systemd-lab-root bookworm >/dev/null & b=$$!; scripts/systemd-lab-root trixie >/dev/null; t=$$?; wait $$b && exit $$t
+
+# Only the systemd lab (tests/systemd): K3SNODED_SYSTEMD_SUITES=debian12 limits it.
+systemd-lab: setup dbs systemd-roots
+	$(PY) -m pytest -q tests/systemd $(PYTEST_ARGS)
 
 bench: setup dbs
 	@for b in bench/[!_]*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -2,8 +2,11 @@
 
 * A unix socket in ``run_dir`` (directory 0700, socket 0600, root only): ``GET /v1/status``,
   what ``k3snoded status`` reads.
-* A TCP listener (``api.listen``) for peers and load balancers: ``GET /healthz``, ``GET /metrics``
-  (Prometheus text) and the signed peer routes discovery mounts. Nothing secret is served there.
+* A TCP listener (``api.listen``) for peers and load balancers: ``GET /healthz`` (200 only on a
+  machine that runs a ready k3s server: what a load balancer in front of the k3s API port
+  wants), ``GET /livez`` (200 while the daemon's event loop answers: liveness of k3snoded
+  itself, whatever the role), ``GET /metrics`` (Prometheus text) and the signed peer routes
+  discovery mounts. Nothing secret is served there (docs/operations.md).
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ class ApiServer:
         if self._listen:
             peer = web.Application()
             peer.router.add_get("/healthz", self._get_healthz)
+            peer.router.add_get("/livez", self._get_livez)
             peer.router.add_get("/metrics", self._get_metrics)
             for setup in self._peer_setup:
                 setup(peer)
@@ -103,7 +107,11 @@ class ApiServer:
 
     async def _get_healthz(self, _: web.Request) -> web.Response:
         ok = self._healthy()
-        return web.Response(status=200 if ok else 503, text="ok\n" if ok else "unhealthy\n")
+        text = "ok\n" if ok else "not a ready k3s server\n"
+        return web.Response(status=200 if ok else 503, text=text)
+
+    async def _get_livez(self, _: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
 
 
 async def _local_call(socket_path: Path, method: str, path: str, limit: float) -> dict[str, Any]:

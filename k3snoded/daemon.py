@@ -12,14 +12,14 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from k3snoded import __version__, k3s
+from k3snoded import __version__, handover, k3s
 from k3snoded.api import ApiServer
 from k3snoded.config import Config, load_config
 from k3snoded.discovery.signing import derive_key
 from k3snoded.errors import EX_CONFIG, ConfigError, InstallError, K3snodedError
 from k3snoded.install import ensure_k3s, spec_from_config
 from k3snoded.kube import NodeRoleKeeper
-from k3snoded.logs import setup_logging
+from k3snoded.logs import k3s_output, set_context, setup_logging
 from k3snoded.metrics import render_metrics
 from k3snoded.model import Peer, Role
 from k3snoded.notify import SystemdNotifier, watchdog_interval
@@ -42,6 +42,7 @@ class Daemon:
             "k3s",
             cfg.node.run_dir,
             backoff_max=cfg.k3s.restart_backoff_max,
+            output=k3s_output,
         )
         self.vip = VipKeeper(cfg)
         self.peers = PeerBook(cfg, local=self._local_peer)
@@ -107,8 +108,17 @@ class Daemon:
         )
 
     def _healthy(self) -> bool:
-        wanted = self.roles.wanted
-        return wanted.role is Role.NONE or self.supervisor.status.ready
+        """``/healthz`` for load balancers: this machine is a k3s server and it is ready."""
+        return self.roles.wanted.role is Role.SERVER and self.supervisor.status.ready
+
+    def journal_fields(self) -> dict[str, str]:
+        """Fields on every journal entry: ``journalctl -u k3snoded K3SNODED_ROLE=server``."""
+        c = self.supervisor.status
+        return {
+            "K3SNODED_NODE": self.cfg.node.name,
+            "K3SNODED_ROLE": self.roles.wanted.role.value,
+            "K3SNODED_K3S": "ready" if c.ready else c.state.value,
+        }
 
     def _status_line(self) -> str:
         w = self.roles.wanted
@@ -133,6 +143,7 @@ class Daemon:
             self.cfg.cluster.name,
             self.cfg.source,
         )
+        set_context(self.journal_fields)
         await asyncio.to_thread(self._prepare_files)
         await self.api.start()
         try:
@@ -146,11 +157,18 @@ class Daemon:
                 node_roles.cancel()
                 for reload in list(self._reloads):
                     reload.cancel()
+                restart = await asyncio.to_thread(handover.restart_requested)
                 self.notifier.notify("STOPPING=1")
-                log.info("stopping: releasing the role, then stopping k3s")
-                await self.roles.stop()
-                roles.cancel()
-                await self.supervisor.shutdown(stop_child=True)
+                if restart:  # decision 0005: k3s and the VIP stay for the next daemon
+                    log.info("systemd restarts k3snoded: k3s keeps running, the VIP is handed over")
+                    roles.cancel()
+                    await asyncio.wait([roles])
+                    await self.vip.hand_over()
+                else:
+                    log.info("stopping: releasing the role, then stopping k3s")
+                    await self.roles.stop()
+                    roles.cancel()
+                await self.supervisor.shutdown(stop_child=not restart)
                 await sup
                 peers.cancel()
                 await self.peers.close()

@@ -1,4 +1,12 @@
-"""Logging: to the journal with structured fields when systemd started us, else to stderr."""
+"""Logging: to the journal with structured fields when systemd started us, else to stderr.
+
+Under systemd (``JOURNAL_STREAM`` set and journald's socket present) every record goes to
+journald through its native protocol (``journal.py``) with ``SYSLOG_IDENTIFIER=k3snoded``,
+``LOGGER`` (the module logger) and the daemon's context fields (``K3SNODED_NODE``,
+``K3SNODED_ROLE``, ``K3SNODED_K3S``), so an operator can ask ``journalctl -u k3snoded
+K3SNODED_ROLE=server`` or ``LOGGER=k3snoded.vrrp.speaker``. k3s's own output goes to a separate
+journal stream named ``k3s`` (``k3s_output``).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +14,12 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable, Mapping
+
+from k3snoded import journal
+
+JOURNAL_IDENTIFIER = "k3snoded"
+Context = Callable[[], Mapping[str, str]]
 
 
 class _OnceFilter(logging.Filter):
@@ -33,24 +47,32 @@ class _OnceFilter(logging.Filter):
         return True
 
 
-def _journal_handler() -> logging.Handler | None:
-    if not os.environ.get("JOURNAL_STREAM"):
-        return None
-    try:
-        from systemd.journal import JournalHandler
-    except ImportError:
-        return None
-    handler: logging.Handler = JournalHandler(SYSLOG_IDENTIFIER="k3snoded")
-    return handler
+def under_journald() -> bool:
+    """systemd connected our stderr to the journal and journald's socket is there."""
+    return bool(os.environ.get("JOURNAL_STREAM")) and journal.JOURNAL_SOCKET.exists()
 
 
-def setup_logging(debug: bool = False) -> None:
-    """Configure the root logger once, for the daemon."""
+def _context_or_empty(context: Context | None) -> Context:
+    def fields() -> Mapping[str, str]:
+        if context is None:
+            return {}
+        try:
+            return context()
+        except Exception:  # a broken context must not lose the log line
+            return {}
+
+    return fields
+
+
+def setup_logging(debug: bool = False, context: Context | None = None) -> None:
+    """Configure the root logger once, for the daemon. ``context()`` adds journal fields."""
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
-    handler = _journal_handler()
-    if handler is None:
+    handler: logging.Handler
+    if under_journald():
+        handler = journal.JournalHandler(JOURNAL_IDENTIFIER, context=_context_or_empty(context))
+    else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(
             logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
@@ -60,3 +82,18 @@ def setup_logging(debug: bool = False) -> None:
     root.setLevel(logging.DEBUG if debug or os.environ.get("K3SNODED_DEBUG") else logging.INFO)
     for noisy in ("aiohttp.access", "zeroconf", "pyroute2"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def set_context(context: Context) -> None:
+    """Give the journal handler (if any) the daemon's context fields, once it exists."""
+    for h in logging.getLogger().handlers:
+        if isinstance(h, journal.JournalHandler):
+            h.context = _context_or_empty(context)
+
+
+def k3s_output() -> int | None:
+    """A journal stream for k3s's stdout/stderr (``SYSLOG_IDENTIFIER=k3s``), or None when not
+    under journald (k3s then inherits the daemon's stderr, as before)."""
+    if not under_journald():
+        return None
+    return journal.stream_fd("k3s")

@@ -101,8 +101,10 @@ class Supervisor:
         probe_timeout: float = 2.0,
         stable_after: float = 60.0,
         crash_loop_exits: int = 3,
+        output: Callable[[], int | None] | None = None,
     ) -> None:
         self.name = name
+        self._output = output  # a descriptor for the child's stdout+stderr (None: inherit ours)
         self.run_dir = run_dir
         self.pidfile = run_dir / f"{name}.pid"
         self.notify_socket = run_dir / f"{name}.notify"
@@ -279,6 +281,7 @@ class Supervisor:
     async def _start(self, spec: ChildSpec) -> None:
         env = spec.env_dict
         env["NOTIFY_SOCKET"] = str(self.notify_socket)
+        out = self._output() if self._output is not None else None
         try:
             # fork+exec only: Popen returns once exec succeeded, without waiting for the child.
             # Not in a thread: a cancelled to_thread would lose the Popen and orphan the child.
@@ -291,11 +294,16 @@ class Supervisor:
                 # The unit runs k3snoded with UMask=0077 for its own secrets; k3s (kubelet,
                 # containerd, hostPath volumes) expects the 0022 its own unit gives it.
                 umask=0o022,
+                stdout=out,
+                stderr=out,
             )
         except OSError as exc:
             self._last_exit = None
             self._schedule_restart(spec.identity, 0.0, f"could not be started ({exc})")
             return
+        finally:
+            if out is not None:
+                os.close(out)
         child = _Child(
             pid=popen.pid,
             pidfd=os.pidfd_open(popen.pid),

@@ -11,9 +11,11 @@ import asyncio
 import contextlib
 import logging
 import subprocess
+import time
 from ipaddress import IPv4Interface
 from typing import TYPE_CHECKING, Any
 
+from k3snoded import handover
 from k3snoded.config import Config
 from k3snoded.errors import VrrpError
 
@@ -48,6 +50,15 @@ class VipGuard:
             start_new_session=True,
         )
 
+    async def disarm(self) -> None:
+        """End the guard without it removing the address (a daemon restart hands it over)."""
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            proc.kill()
+            await asyncio.to_thread(proc.wait, 5.0)
+            if proc.stdin is not None:
+                proc.stdin.close()
+
     async def stop(self) -> None:
         """Close the pipe (the guard removes the address if still there) and reap it."""
         proc, self.proc = self.proc, None
@@ -74,6 +85,7 @@ class VipKeeper:
         self._guard: VipGuard | None = None
         self._healthy = False
         self._failed_logged = False
+        self._resume_until = 0.0  # monotonic: the previous daemon handed the VIP over until then
         if self.enabled:
             # Import now, not at the first promotion: after a package upgrade /opt holds the
             # new code while this daemon still runs the old one (packaging/README.md).
@@ -89,6 +101,11 @@ class VipKeeper:
             return
         from k3snoded.vrrp.netlink import Netlink
 
+        left = await asyncio.to_thread(handover.take_record, self.cfg.node.run_dir, self.address)
+        if left is not None:
+            self._resume_until = time.monotonic() + left
+            log.info("keeping the VIP %s handed over by the previous daemon", self.address)
+            return
         try:
             async with Netlink() as nl:
                 info = await nl.interface(self.interface)
@@ -119,6 +136,11 @@ class VipKeeper:
         if run and self._speaker is None:
             from k3snoded.vrrp.speaker import VrrpSpeaker
 
+            resume = self._resume_until > time.monotonic()
+            if resume and not healthy:
+                return  # keep the handed-over VIP (its kernel lifetime bounds this) until ready
+            self._resume_until = 0.0
+
             vip = self.cfg.registration.vip
             self._speaker = VrrpSpeaker(
                 interface=self.interface,
@@ -130,6 +152,7 @@ class VipKeeper:
                 preempt=vip.preempt,
                 unicast_peers=vip.unicast_peers,
                 source_address=self.cfg.node.address or None,
+                resume=resume,
             )
             self._speaker.set_healthy(healthy)
             self._guard = VipGuard(str(self._vip()), self.interface)
@@ -140,6 +163,25 @@ class VipKeeper:
             log.info("no longer a server: releasing the VIP")
             await self.stop()
         self.health(healthy)
+
+    async def hand_over(self) -> None:
+        """For a daemon restart: a master keeps the VIP for the next daemon (handover.py)."""
+        speaker, task, guard = self._speaker, self._task, self._guard
+        self._speaker, self._task, self._guard = None, None, None
+        kept = False
+        if speaker is not None:
+            with contextlib.suppress(VrrpError, OSError):
+                kept = await speaker.hand_over(handover.HOLD_INTERVAL, handover.HOLD_LIFETIME)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, VrrpError, OSError):
+                await task
+        if guard is not None:
+            await (guard.disarm() if kept else guard.stop())
+        if kept:
+            run_dir, lifetime = self.cfg.node.run_dir, handover.HOLD_LIFETIME
+            await asyncio.to_thread(handover.write_record, run_dir, self.address, lifetime)
+            log.info("handed the VIP %s over to the next daemon", self.address)
 
     async def stop(self) -> None:
         """Graceful: a master sends priority 0 and removes the address."""

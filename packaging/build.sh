@@ -1,21 +1,20 @@
 #!/usr/bin/env bash
 # Build dist/k3snoded_<ver>_<arch>.deb and dist/k3snoded-<ver>-1.<arch>.rpm from the one
-# description in packaging/meta.sh. Run from anywhere; needs dpkg-deb, rpmbuild, python3.11 with
-# venv, and libsystemd-dev (systemd-python is built from source). Offline is fine when pip's
-# configured index has the pinned versions.
+# description in packaging/meta.sh. Run from anywhere; needs dpkg-deb, rpmbuild, a python3 with
+# venv (only to run pip) and PyPI (or an index with the pinned wheels). No compiler, no -dev
+# package: every extension module is a manylinux wheel for its target ABI.
 #
 #   packaging/build.sh              both packages
 #   PKG_FORMATS=deb packaging/build.sh
 #   DIST=/tmp/out K3SNODED_VERSION_SUFFIX=+test1 packaging/build.sh
 #
-# How the virtualenv ends up at /opt/k3snoded without touching the build machine's /opt:
-# venvs are not relocatable, because their scripts and pyvenv.cfg carry absolute paths. It is
-# created at <stage>/opt/k3snoded and filled with --no-compile; the scripts that carry the stage
-# path are removed (console and activate scripts: /usr/bin/k3snoded runs `python -m k3snoded`),
-# pyvenv.cfg is rewritten, the bytecode is compiled with /opt/k3snoded as its source path, and
-# the build fails if the stage path is left anywhere in the tree. The package is built from
-# the working tree (what the tests test); build releases from a clean checkout. The venv's bin/python links to $PKG_PYTHON (/usr/bin/python3.11), a
-# path that exists on the target.
+# One package for every supported distribution (packaging/README.md): /opt/k3snoded is a
+# virtualenv whose bin/ links python3.11, 3.12 and 3.13 of the system, with one site-packages per
+# CPython version (lib/python3.X/site-packages: the wheels with C extensions for that ABI) and
+# lib/common (pure wheels and k3snoded itself). /usr/bin/k3snoded runs the newest of those
+# interpreters the machine has. It is assembled in <stage>/opt/k3snoded and names no stage path
+# (the build fails if it does). The package is built from the working tree (what the tests
+# test); build releases from a clean checkout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=packaging/meta.sh
@@ -30,55 +29,121 @@ log() { echo "build: $*" >&2; }
 quiet_pip() { grep -v -e "is ignored" -e "^$" || true; }
 
 [ -n "$PKG_VERSION" ] || { log "no __version__ in k3snoded/__init__.py"; exit 1; }
-[ -x "$PKG_PYTHON" ] || { log "$PKG_PYTHON is missing (apt-get install python3.11-venv)"; exit 1; }
+[ -x "$PKG_BUILD_PYTHON" ] || { log "$PKG_BUILD_PYTHON is missing (apt-get install python3-venv)"; exit 1; }
 SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}
 export SOURCE_DATE_EPOCH
 
-# 1. The private virtualenv. --------------------------------------------------------------
-# Hermetic: pip neither reads nor writes a cache (a wheel that scripts/setup.sh built from
-# source with another interpreter carried a RUNPATH into that interpreter's directory), and
-# the build user's home (pip config, user site) is replaced by an empty one.
+# 1. The private virtualenv, one tree per CPython ABI. ------------------------------------
+# Hermetic: pip neither reads nor writes a cache, the build user's home (pip config, user site)
+# is replaced by an empty one, and every extension module comes from a manylinux wheel fetched
+# for the target ABI (pip download --python-version/--abi/--platform), never built here, so the
+# result does not depend on the interpreters of the build machine. Pure wheels (py3-none-any,
+# the same file for every ABI) go once into lib/common, which each ABI's site-packages names
+# in a .pth file.
 export HOME=$WORK/home PIP_NO_CACHE_DIR=1 PYTHONNOUSERSITE=1
 mkdir -p "$HOME"
 VSTAGE=$WORK/venv
 VENV=$VSTAGE$VENV_DIR
-log "virtualenv with $PKG_PYTHON ($("$PKG_PYTHON" -V 2>&1))"
-"$PKG_PYTHON" -m venv "$VENV"
-PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
-"${PIP[@]}" install --no-compile --no-deps --use-pep517 -r requirements/runtime.txt \
-  "${PKG_EXTRA_PINS[@]}" 2>&1 | quiet_pip
-# The project from a copy of the working tree (a build would write build/ into the checkout).
-mkdir -p "$WORK/src"
+log "tools with $PKG_BUILD_PYTHON ($("$PKG_BUILD_PYTHON" -V 2>&1)); ABIs: $PKG_PYTHONS"
+"$PKG_BUILD_PYTHON" -m venv "$WORK/tools"
+PIP=("$WORK/tools/bin/python" -m pip --disable-pip-version-check -q)
+PLATFORMS=()
+for p in $PKG_PLATFORMS; do PLATFORMS+=(--platform "$p"); done
+target() { # target VERSION: pip's flags for that CPython ABI
+  local abi=cp${1/./}
+  echo --only-binary=:all: --python-version "$1" --implementation cp --abi "$abi" --abi abi3 \
+    --abi none "${PLATFORMS[@]}"
+}
+mkdir -p "$WORK/src" "$WORK/wheels/pure"
 cp -r pyproject.toml README.md k3snoded "$WORK/src/"
 find "$WORK/src" -name __pycache__ -prune -exec rm -rf {} +
-"${PIP[@]}" install --no-compile --no-deps "$WORK/src" 2>&1 | quiet_pip
-"$VENV/bin/python" -m pip --disable-pip-version-check check >&2 # every runtime dependency is pinned in requirements/runtime.txt
-"$VENV/bin/python" -c "import aiohttp, zeroconf, yaml, pymysql, psycopg2, pyroute2, systemd.daemon, k3snoded"
-# The venv is sealed: no installer inside it, no record of where it was built.
-"${PIP[@]}" uninstall -y pip setuptools 2>&1 | quiet_pip
-for d in "$VENV"/lib/python3.*/site-packages/k3snoded-*.dist-info; do
-  rm -f "$d/direct_url.json"
-  sed -i '/direct_url\.json/d' "$d/RECORD"
+"${PIP[@]}" wheel --no-deps -w "$WORK/wheels/pure" "$WORK/src" 2>&1 | quiet_pip
+for v in $PKG_PYTHONS; do
+  # shellcheck disable=SC2046 # target's words are separate flags on purpose
+  "${PIP[@]}" download --no-deps $(target "$v") -d "$WORK/wheels/$v" \
+    -r requirements/runtime.txt "${PKG_EXTRA_PINS[@]}" 2>&1 | quiet_pip
+  for w in "$WORK/wheels/$v"/*-none-any.whl; do mv -f "$w" "$WORK/wheels/pure/"; done
 done
+mkdir -p "$VENV/bin" "$VENV/lib/common"
+"${PIP[@]}" install --no-deps --no-compile --target "$VENV/lib/common" "$WORK/wheels/pure/"*.whl \
+  2>&1 | quiet_pip
+printf 'home = /usr/bin\ninclude-system-site-packages = false\n' >"$VENV/pyvenv.cfg"
+for v in $PKG_PYTHONS; do
+  site=$VENV/lib/python$v/site-packages
+  # shellcheck disable=SC2046
+  "${PIP[@]}" install --no-deps --no-compile $(target "$v") --target "$site" \
+    "$WORK/wheels/$v/"*.whl 2>&1 | quiet_pip
+  echo "$VENV_DIR/lib/common" >"$site/k3snoded-common.pth"
+  ln -s "/usr/bin/python$v" "$VENV/bin/python$v"
+done
+# Every pin is there for every ABI, each of its requirements is met (what `pip check` would
+# say), and everything imports with each ABI's interpreter that this machine has.
+"$WORK/tools/bin/python" - "$VENV" "$PKG_PYTHONS" requirements/runtime.txt <<'PY' >&2
+import pathlib, sys
+from importlib.metadata import distributions
+from pip._vendor.packaging.requirements import Requirement
+venv, versions, pins = pathlib.Path(sys.argv[1]), sys.argv[2].split(), sys.argv[3]
+wanted = {l.split("==")[0].lower().replace("_", "-") for l in open(pins) if "==" in l and not l.startswith("#")}
+for v in versions:
+    paths = [str(venv / f"lib/python{v}/site-packages"), str(venv / "lib/common")]
+    dists = {d.metadata["Name"].lower().replace("_", "-"): d for d in distributions(path=paths)}
+    missing = (wanted | {"k3snoded"}) - set(dists)
+    assert not missing, f"python{v}: missing {sorted(missing)}"
+    env = {"python_version": v, "python_full_version": v + ".0", "sys_platform": "linux",
+           "platform_system": "Linux", "implementation_name": "cpython",
+           "platform_python_implementation": "CPython", "os_name": "posix",
+           "platform_machine": "x86_64", "extra": ""}
+    for name, d in dists.items():
+        for spec in d.requires or []:
+            r = Requirement(spec)
+            if r.marker is not None and not r.marker.evaluate(env):
+                continue
+            have = dists.get(r.name.lower().replace("_", "-"))
+            assert have is not None, f"python{v}: {name} needs {r}, not pinned"
+            assert have.version in r.specifier or not r.specifier, f"python{v}: {name} needs {r}, have {have.version}"
+    print(f"build: python{v}: {len(dists)} distributions, requirements met")
+PY
+for v in $PKG_PYTHONS; do
+  if [ -x "/usr/bin/python$v" ]; then
+    "/usr/bin/python$v" -I -S -c "import sys; sys.path[:0] = sys.argv[1:]; \
+import aiohttp, zeroconf, yaml, pymysql, psycopg2, pyroute2, k3snoded.daemon" \
+      "$VENV/lib/python$v/site-packages" "$VENV/lib/common"
+    log "python$v: imports checked"
+  else
+    log "python$v: not on this machine; its tree is built from wheels but not imported here"
+  fi
+done
+# The venv is sealed: no installer, no scripts, no record of where it was built.
+rm -rf "$VENV"/lib/*/bin "$VENV"/lib/python*/site-packages/bin
+find "$VENV" -name direct_url.json -delete
+find "$VENV" -name RECORD -path '*k3snoded-*.dist-info*' -exec sed -i '/direct_url\.json/d' {} +
 find "$VENV" -name __pycache__ -prune -exec rm -rf {} +
-# /usr/bin/k3snoded is the one entry point: drop the dependencies' console scripts (pyroute2's
-# dhcp client, idna, ...) and the activate scripts, keep only the interpreter links.
-find "$VENV/bin" -mindepth 1 -maxdepth 1 ! -name 'python' ! -name 'python3' ! -name 'python3.*' \
-  -exec rm -f {} +
 # Extension modules carry symbols the wheels did not strip; bundled shared libraries do not
 # need to be executable.
 find "$VENV/lib" -name '*.cpython-*.so' -exec strip --strip-unneeded {} +
 find "$VENV/lib" -path '*.libs/*.so*' -type f -exec chmod 0644 {} +
-# Relocate: rewrite the stage path in every text file under bin/ and in pyvenv.cfg.
-for f in "$VENV"/bin/* "$VENV/pyvenv.cfg"; do
-  if [ -f "$f" ] && [ ! -L "$f" ] && grep -qIF "$VSTAGE" "$f"; then
-    sed -i "s#$VSTAGE##g" "$f"
-  fi
-done
-# Bytecode with the final source paths. unchecked-hash: the files only change through the
-# package manager, so the interpreter never needs to re-check or rewrite them.
-"$PKG_PYTHON" -m compileall -q -f -j 0 --invalidation-mode unchecked-hash \
-  -s "$VSTAGE" -p / "$VENV/lib" >/dev/null
+# The ABI trees share many identical files (psycopg2-binary's bundled libpq/libssl, licences,
+# pure modules of mixed wheels): one copy, the others relative symbolic links to it (hard links
+# would make lintian warn, copies would make rpmlint count 27 MB of duplicates as an error).
+"$WORK/tools/bin/python" - "$VENV/lib" <<'PY'
+import hashlib, os, sys
+first = {}
+for top, _, files in sorted(os.walk(sys.argv[1])):
+    for name in sorted(files):
+        path = os.path.join(top, name)
+        st = os.lstat(path)
+        if not os.path.isfile(path) or os.path.islink(path) or st.st_size < 1024:
+            continue
+        with open(path, "rb") as f:
+            key = (st.st_size, st.st_mode, hashlib.sha256(f.read()).digest())
+        if key in first:
+            os.unlink(path)
+            os.symlink(os.path.relpath(first[key], top), path)
+        else:
+            first[key] = path
+PY
+# No bytecode is shipped: the installing machine compiles it (postinst/%posttrans) for the
+# interpreters it has, and the command runs with -B, so nothing else is ever written there.
 if grep -rlF "$VSTAGE" "$VSTAGE" >"$WORK/leftover"; then
   log "the build path is still named in:"; cat "$WORK/leftover" >&2; exit 1
 fi
@@ -191,6 +256,7 @@ subst = {
     "@STAGE@": work + "/rpmroot", "@CHANGELOG_DATE@": env["CHANGELOG_DATE"],
     "@POST@": read("packaging/rpm/post.sh"), "@PREUN@": read("packaging/rpm/preun.sh"),
     "@POSTUN@": read("packaging/rpm/postun.sh"), "@FILES@": read(work + "/files.list"),
+    "@POSTTRANS@": read("packaging/rpm/posttrans.sh"),
 }
 text = read("packaging/rpm/k3snoded.spec.in") + "\n"
 for k, v in subst.items():

@@ -24,20 +24,23 @@ registration address.
 The daemon and its pinned, tested Python dependencies live in a private
 virtualenv under /opt/k3snoded."
 
-# The interpreter the private virtualenv is built with and bound to (its bin/python links to it).
-# Debian 12 ships it as /usr/bin/python3.11 (package python3.11); on RPM distributions the
-# python3.11 package installs the same path (RHEL/Rocky 9, Fedora).
-PKG_PYTHON=/usr/bin/python3.11
+# The CPython versions the package carries a tree for, newest first (/usr/bin/k3snoded runs the
+# first one installed), and the manylinux platforms their wheels may use (glibc >= 2.17: every
+# supported distribution; RHEL 9 has 2.34). PKG_BUILD_PYTHON only runs pip during the build.
+PKG_PYTHONS="3.13 3.12 3.11"
+PKG_PLATFORMS="manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux_2_12_x86_64 manylinux2010_x86_64 manylinux_2_5_x86_64 manylinux1_x86_64"
+PKG_BUILD_PYTHON=${PKG_BUILD_PYTHON:-/usr/bin/python3}
 VENV_DIR=/opt/k3snoded
 
 PKG_EXTRA_PINS=()  # pins beyond requirements/runtime.txt (none today)
 
-# Runtime dependencies. The venv's C extensions are manylinux wheels (glibc only), except
-# systemd-python, which is built here against libsystemd and links libsystemd.so.0.
-DEB_DEPENDS="python3.11, python3 (>= 3.11), libc6 (>= 2.28), libsystemd0, iproute2"
+# Runtime dependencies: one of the interpreters, glibc for the manylinux wheels, ip(8) for the
+# lab-free parts (the VIP guard). Debian 12: python3.11; Debian 13: python3.13; Ubuntu 24.04 and
+# RHEL 10: 3.12; Ubuntu 22.04 and RHEL 9: their python3.11 (or 3.12) package.
+DEB_DEPENDS="python3.13 | python3.12 | python3.11, libc6 (>= 2.17), iproute2"
 DEB_RECOMMENDS="ca-certificates, kmod"
-# libsystemd as a soname dependency (what rpm's own scan would write), not a package name.
-RPM_REQUIRES=("$PKG_PYTHON" "libsystemd.so.0()(64bit)" "iproute")
+# rpm rich dependency (rpm >= 4.13: RHEL 8 and later) on the interpreters' paths.
+RPM_REQUIRES=("(/usr/bin/python3.13 or /usr/bin/python3.12 or /usr/bin/python3.11)" "iproute")
 RPM_RECOMMENDS=("ca-certificates" "kmod")
 
 # Conffiles: shipped files in /etc that the operator may edit; dpkg/rpm keep edits on upgrade.
@@ -51,6 +54,7 @@ RPM_CONFFILES=(/etc/k3snoded/config.yaml.example /etc/sysconfig/k3snoded)
 # whose source does not is compressed on the way (gzip -9n).
 PKG_FILES=(
   "packaging/files/k3snoded.sh | /usr/bin/k3snoded | 0755"
+  "packaging/files/bytecode.sh | /opt/k3snoded/bytecode | 0755"
   "systemd/k3snoded.service | {unitdir}/k3snoded.service | 0644"
   "{example} | /etc/k3snoded/config.yaml.example | 0644"
   "packaging/files/default.env | {envfile} | 0644"

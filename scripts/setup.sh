@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
   mariadb-server postgresql keepalived iproute2 iputils-ping tcpdump nftables
-  rpm fakeroot lintian rpmlint libsystemd-dev pkg-config python3-venv
+  rpm fakeroot lintian rpmlint python3-venv debootstrap systemd-container
 )
 
 missing=()
@@ -30,7 +30,7 @@ want=$(cat requirements/*.txt pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/pip install -q --disable-pip-version-check -r requirements/dev.txt 2>&1 | grep -v "is ignored" || true
   .venv/bin/pip install -q --disable-pip-version-check --no-deps -e . 2>&1 | grep -v "is ignored" || true
-  .venv/bin/python -c "import aiohttp, zeroconf, yaml, pymysql, psycopg2, pyroute2, systemd.daemon, k3snoded" \
+  .venv/bin/python -c "import aiohttp, zeroconf, yaml, pymysql, psycopg2, pyroute2, k3snoded" \
     || { echo "setup: the virtualenv is incomplete" >&2; exit 1; }
   echo "$want" >"$stamp"
 fi

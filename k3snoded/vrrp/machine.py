@@ -78,7 +78,7 @@ class MachineState:
 
 @dataclass(frozen=True)
 class Startup:
-    pass
+    resume: bool = False  # the previous daemon handed the address over (k3snoded/handover.py)
 
 
 @dataclass(frozen=True)
@@ -184,8 +184,8 @@ def _outranks(advert: AdvertReceived, config: MachineConfig, s: MachineState) ->
 def step(config: MachineConfig, s: MachineState, event: Event) -> Step:
     """One RFC 5798 section 6.4 transition. Returns the new state and the actions to perform."""
     match event:
-        case Startup():
-            return _on_startup(config, s)
+        case Startup(resume=resume):
+            return _on_startup(config, s, resume)
         case Shutdown():
             return _on_shutdown(s)
         case TimerFired():
@@ -199,9 +199,12 @@ def step(config: MachineConfig, s: MachineState, event: Event) -> Step:
     raise AssertionError(f"unknown event {event!r}")  # pragma: no cover
 
 
-def _on_startup(config: MachineConfig, s: MachineState) -> Step:
+def _on_startup(config: MachineConfig, s: MachineState, resume: bool = False) -> Step:
     if s.state is not VrrpState.INITIALIZE:
         return s, ()
+    if resume and s.healthy:  # backups are waiting out the long interval we advertised last
+        s = replace(s, master_adver_interval=config.advert_interval)
+        return _become_master(config, s, "resumed as master: the previous daemon handed over")
     # Priority 255 (address owner) would go straight to Master; we are never the owner.
     return _become_backup(
         replace(s, master_adver_interval=config.advert_interval),

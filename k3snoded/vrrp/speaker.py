@@ -93,6 +93,7 @@ class VrrpSpeaker:
         garp_burst: int = 5,
         garp_repeat_after: float = 2.0,
         vip_lifetime: int | None = 1,
+        resume: bool = False,
     ) -> None:
         if not 1 <= vrid <= 255:
             raise VrrpError(f"VRID {vrid} is outside 1..255")
@@ -115,6 +116,8 @@ class VrrpSpeaker:
         if vip_lifetime is not None and vip_lifetime < 1:
             raise VrrpError("vip_lifetime must be at least 1 s (or None: permanent)")
         self._lifetime = vip_lifetime
+        self._resume = resume  # start as master on the VIP the previous daemon handed over
+        self._handover: tuple[int, int] | None = None  # (advert interval cs, VIP lifetime s)
         self._state = MachineState(priority=priority, master_adver_interval=self.advert_interval)
         self._config: MachineConfig | None = None
         self._sock: VrrpSocket | None = None
@@ -165,8 +168,18 @@ class VrrpSpeaker:
         if self._running:
             await self._done.wait()
 
+    async def hand_over(self, hold: float, lifetime: int) -> bool:
+        """Stop for a daemon restart: a master keeps the VIP for ``lifetime`` s and advertises
+        ``hold`` s as its interval (backups wait 3x that); anything else stops as ``stop()``.
+        True when the address was kept (k3snoded/handover.py)."""
+        self._handover = (packet.interval_to_cs(hold), lifetime)
+        kept = self._state.state is VrrpState.MASTER and self._holds_vip
+        await self.stop()
+        return kept
+
     async def run(self) -> None:
-        """Run until ``stop()`` or cancellation; always leaves the VIP off the interface."""
+        """Run until ``stop()`` or cancellation; leaves the VIP off the interface (unless
+        handed over, see ``hand_over``)."""
         loop = asyncio.get_running_loop()
         self._running = True
         try:
@@ -182,7 +195,7 @@ class VrrpSpeaker:
         if source is None or source == self.vip.ip:
             raise VrrpError(f"interface {self.interface} has no IPv4 address of its own")
         # A killed predecessor leaves the VIP behind (lab-findings §3): never start holding it.
-        if await nl.ensure_absent(info.index, self.vip):
+        if not self._resume and await nl.ensure_absent(info.index, self.vip):
             log.warning("removed a stale copy of %s from %s at start", self.vip, self.interface)
         self._config = MachineConfig(
             address=source, advert_interval=self.advert_interval, preempt=self.preempt
@@ -209,10 +222,11 @@ class VrrpSpeaker:
                 f"unicast to {', '.join(map(str, self.unicast_peers))}"
                 if self.unicast_peers else "multicast", source,
             )  # fmt: skip
-            self._feed(machine.Startup())
+            self._feed(machine.Startup(self._resume))
             await self._reconcile_until_stopped(nl, writer, info.index)
         finally:
-            if self._state.state is not VrrpState.INITIALIZE:
+            handover = self._handover if self._state.state is VrrpState.MASTER else None
+            if self._state.state is not VrrpState.INITIALIZE and handover is None:
                 self._feed(machine.Shutdown())
             self._cancel_timer()
             with contextlib.suppress(Exception):
@@ -220,9 +234,15 @@ class VrrpSpeaker:
             await self._stop_garp()
             self._want_vip = False
             try:
-                await nl.ensure_absent(info.index, self.vip)
+                if handover is not None:  # keep it, bounded, and make backups wait for us
+                    await nl.put(info.index, self.vip, handover[1])
+                    for _ in range(3):  # one lost datagram must not end the hold
+                        self._send_advert(self._state.effective_priority, handover[0])
+                else:
+                    await nl.ensure_absent(info.index, self.vip)
             finally:
-                self._send_release_advert()
+                if handover is None:
+                    self._send_release_advert()
                 self._holds_vip = False
                 self._sock.close()
                 self._garp.close()
@@ -332,9 +352,9 @@ class VrrpSpeaker:
         self._timer = None
         self._feed(machine.TimerFired())
 
-    def _send_advert(self, priority: int) -> None:
+    def _send_advert(self, priority: int, cs: int | None = None) -> None:
         assert self._sock is not None
-        advert = packet.Advertisement(self.vrid, priority, self._cs, (self.vip.ip,))
+        advert = packet.Advertisement(self.vrid, priority, cs or self._cs, (self.vip.ip,))
         targets = self.unicast_peers or (packet.VRRP_MULTICAST_GROUP,)
         for dst in targets:
             try:

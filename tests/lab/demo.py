@@ -6,7 +6,8 @@ each machine's last decision) is refreshed from every machine's status socket. T
 crashes the VIP holder (every process in it killed, its link cut), shows the VIP moving and the
 coordinator replacing the dead server, brings the machine back, and tears everything down.
 Ctrl-C tears down at any point. ``K3S_BINARY=/path/to/k3s`` runs a real k3s instead of the
-stand-in.
+stand-in. ``--systemd [debian12|debian13]`` (``make demo-systemd``) runs the same fleet as
+Debian containers with systemd as PID 1 and the .deb installed (tests/systemd/demo.py).
 """
 
 from __future__ import annotations
@@ -63,7 +64,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--servers", type=int, default=2)
     p.add_argument("--no-failover", action="store_true", help="only form the fleet")
     p.add_argument("--hold", type=float, default=5.0, help="seconds to show the final state")
+    p.add_argument(
+        "--systemd",
+        nargs="?",
+        const="debian13",
+        choices=["debian12", "debian13"],
+        help="run on Debian containers with systemd as PID 1, the package installed",
+    )
     args = p.parse_args(argv)
+    if args.systemd:
+        from tests.systemd import demo
+
+        return demo.main(args.systemd, args.servers, args.hold)
     if os.geteuid() != 0:
         print("make demo needs root (network namespaces)", file=sys.stderr)
         return 1

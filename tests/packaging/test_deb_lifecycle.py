@@ -158,7 +158,7 @@ def test_deb_lifecycle(built: Built, clean_machine: None, tmp_path: Path) -> Non
         "print(sys.prefix); "
         "[print(d.metadata['Name'], d.version) for d in m.distributions()]"
     )
-    lines = ok("/opt/k3snoded/bin/python", "-I", "-c", probe).splitlines()
+    lines = ok("/opt/k3snoded/bin/python3.11", "-I", "-c", probe).splitlines()
     assert lines[0] == "/opt/k3snoded"
     shipped = {name.lower().replace("_", "-"): v for name, v in (ln.split() for ln in lines[1:])}
     for name, version in pins.items():
@@ -180,9 +180,14 @@ def test_deb_lifecycle(built: Built, clean_machine: None, tmp_path: Path) -> Non
     assert check.returncode == 0, f"check-config on the shipped example:\n{check.stderr}"
     check = run("k3snoded", "check-config", "--config", EXAMPLE)
     assert check.returncode == 0, check.stderr
-    # Running the command wrote nothing into /opt/k3snoded (no bytecode caches dpkg does not own).
+    # postinst compiled the bytecode for this machine's interpreter (dpkg does not own it; the
+    # package's scripts remove it), and running the command wrote nothing more there (-B).
     on_disk = {str(p) for p in Path("/opt/k3snoded").rglob("*")} | {"/opt/k3snoded"}
-    assert on_disk <= installed_files()
+    compiled = {p for p in on_disk if "/__pycache__" in p}
+    assert any(p.endswith(".cpython-311.pyc") and "/lib/common/k3snoded/" in p for p in compiled)
+    assert on_disk - compiled <= installed_files()
+    ok("k3snoded", "--version")
+    assert {str(p) for p in Path("/opt/k3snoded").rglob("*")} | {"/opt/k3snoded"} == on_disk
 
     # -- operator edits ------------------------------------------------------------------------
     edited = DEFAULTS.read_text() + 'K3SNODED_ARGS="--config /etc/k3snoded/config.yaml"\n'

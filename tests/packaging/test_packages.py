@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.packaging.conftest import REPO, Built, need_tools
+from tests.packaging.conftest import REPO, Built, meta, need_tools
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -38,8 +38,9 @@ def test_deb_control(built: Built) -> None:
     assert deb_field(built.deb, "Package") == "k3snoded"
     assert deb_field(built.deb, "Version") == built.version
     depends = deb_field(built.deb, "Depends")
-    for dep in ("python3.11", "python3 (>= 3.11)", "libc6", "libsystemd0", "iproute2"):
-        assert dep in depends
+    assert depends.split(", ")[0] == "python3.13 | python3.12 | python3.11"
+    assert "libc6 (>= 2.17)" in depends and "iproute2" in depends
+    assert "libsystemd0" not in depends  # the journal is spoken to directly (decision 0009)
     assert deb_field(built.deb, "Architecture") != "all"  # the venv holds C extensions
 
 
@@ -54,16 +55,22 @@ def test_deb_contents(built: Built) -> None:
     assert "/opt/k3snoded/pyvenv.cfg" in files
     assert "/usr/share/doc/k3snoded/copyright" in files
     assert "/usr/share/lintian/overrides/k3snoded" in files
-    assert any(p.startswith("/opt/k3snoded/lib/python3.11/site-packages/k3snoded/") for p in files)
+    assert any(p.startswith("/opt/k3snoded/lib/common/k3snoded/") for p in files)
+    for v in ("3.11", "3.12", "3.13"):  # one tree per CPython ABI, each with its C extensions
+        site = f"/opt/k3snoded/lib/python{v}/site-packages"
+        so = f"{site}/aiohttp/_http_parser.cpython-{v.replace('.', '')}"
+        assert any(p.startswith(so) for p in files), v
+        assert f"/opt/k3snoded/lib/python{v}/site-packages/k3snoded-common.pth" in files
+    assert not any("__pycache__" in p for p in files)  # compiled on the target (postinst)
     # Never shipped: the operator's own files.
     assert "/etc/k3snoded/config.yaml" not in files
     assert "/etc/k3snoded/token" not in files
     # The venv is sealed: no installer, no console scripts but the interpreter links.
     assert not any("/site-packages/pip/" in p for p in files)
     assert sorted(p for p in files if p.startswith("/opt/k3snoded/bin/")) == [
-        "/opt/k3snoded/bin/python",
-        "/opt/k3snoded/bin/python3",
         "/opt/k3snoded/bin/python3.11",
+        "/opt/k3snoded/bin/python3.12",
+        "/opt/k3snoded/bin/python3.13",
     ]
 
 
@@ -80,15 +87,25 @@ def test_deb_ships_the_repository_files(built: Built, tmp_path: Path) -> None:
     if example.exists():
         assert (tmp_path / "etc/k3snoded/config.yaml.example").read_bytes() == example.read_bytes()
     venv = tmp_path / "opt/k3snoded"
-    assert "/opt/k3snoded" in (venv / "pyvenv.cfg").read_text()
-    assert (venv / "bin/python3.11").readlink() == Path("/usr/bin/python3.11")
+    # The interpreters are the system's (home); nothing of Debian's dist-packages is visible.
+    cfg = (venv / "pyvenv.cfg").read_text()
+    assert cfg == "home = /usr/bin\ninclude-system-site-packages = false\n"
+    for v in ("3.11", "3.12", "3.13"):
+        assert (venv / f"bin/python{v}").readlink() == Path(f"/usr/bin/python{v}")
+        pth = venv / f"lib/python{v}/site-packages/k3snoded-common.pth"
+        assert pth.read_text() == "/opt/k3snoded/lib/common\n"
+    # The wrapper tries exactly the versions the package carries, newest first.
+    wrapper = (tmp_path / "usr/bin/k3snoded").read_text()
+    assert "for v in 3.13 3.12 3.11; do" in wrapper
+    assert meta("PKG_PYTHONS") == "3.13 3.12 3.11"
+    assert "for v in 3.13 3.12 3.11; do" in (venv / "bytecode").read_text()
 
 
-def test_lintian_reports_no_errors(built: Built) -> None:
+def test_lintian_reports_no_errors_and_no_warnings(built: Built) -> None:
     need_tools("lintian")
-    proc = run("lintian", "--fail-on", "error", "--tag-display-limit", "0", str(built.deb))
-    errors = [line for line in proc.stdout.splitlines() if line.startswith("E:")]
-    assert errors == [], proc.stdout
+    proc = run("lintian", "--fail-on", "error,warning", "--tag-display-limit", "0", str(built.deb))
+    problems = [line for line in proc.stdout.splitlines() if line.startswith(("E:", "W:"))]
+    assert problems == [], proc.stdout
     assert proc.returncode == 0, proc.stdout + proc.stderr
     # Every override is still needed (an unused one would hide nothing and mislead).
     assert "unused-override" not in proc.stdout
@@ -145,6 +162,8 @@ def test_rpm_contents(built: Built) -> None:
         "/var/lib/k3snoded",
         "/opt/k3snoded/pyvenv.cfg",
         "/opt/k3snoded/bin/python3.11",
+        "/opt/k3snoded/bin/python3.13",
+        "/opt/k3snoded/lib/common/k3snoded/__init__.py",
     ):
         assert path in files, path
     assert "/etc/k3snoded/config.yaml" not in files
@@ -162,9 +181,10 @@ def test_rpm_contents(built: Built) -> None:
 
 def test_rpm_dependencies(built: Built) -> None:
     requires = {line.split()[0] for line in rpm_q(built.rpm, "-R").splitlines() if line}
-    assert "/usr/bin/python3.11" in requires
+    out = rpm_q(built.rpm, "-R")
+    assert "(/usr/bin/python3.13 or /usr/bin/python3.12 or /usr/bin/python3.11)" in out
     assert "iproute" in requires
-    assert "libsystemd.so.0()(64bit)" in requires
+    assert not any("libsystemd" in r for r in requires)
     # No automatic scan: nothing like python3.11dist(...) or the bundled libraries' sonames.
     assert not any("dist(" in r or "libpq" in r for r in requires), requires
 
@@ -177,7 +197,7 @@ def scriptlets(rpm: Path) -> dict[str, str]:
 
 def test_rpm_scriptlets(built: Built) -> None:
     s = scriptlets(built.rpm)
-    assert set(s) == {"postinstall", "preuninstall", "postuninstall"}
+    assert set(s) == {"postinstall", "preuninstall", "postuninstall", "posttrans"}
     # The commands only: comments and the operator hints (echo) may name anything.
     code = {
         name: "\n".join(

@@ -87,6 +87,7 @@ def test_verify_would_catch_a_bad_key(tmp_path: Path) -> None:
         ("ConditionPathExists", "/etc/k3snoded/config.yaml"),
         ("RuntimeDirectory", "k3snoded"),
         ("RuntimeDirectoryMode", "0700"),
+        ("RuntimeDirectoryPreserve", "yes"),
         ("StateDirectory", "k3snoded"),
         ("StateDirectoryMode", "0700"),
         ("UMask", "0077"),
