@@ -39,6 +39,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 from zeroconf import IPVersion, ServiceStateChange, Zeroconf
+from zeroconf._dns import DNSPointer, DNSService
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from k3snoded.discovery.announcement import (
@@ -323,11 +324,11 @@ class MdnsDiscovery:
         return self._accept(name, peer, ts, leaving=leaving)
 
     def _accept(self, name: str, peer: Peer, ts: float, *, leaving: bool = False) -> bool:
-        if self._local is not None and peer.name == self._local.name:
-            self._reject(name, f"announces our own node name {peer.name!r}: duplicate node name")
-            return False
         if not instance_matches(name, peer):
             self._reject(name, f"instance name does not match node {peer.name!r}'s signed fields")
+            return False
+        if self._local is not None and peer.name == self._local.name:
+            self._reject(name, f"announces our own node name {peer.name!r}: duplicate node name")
             return False
         previous = [i for i, n in self._book.instances.items() if n == peer.name and i != name]
         if previous and not leaving:
@@ -349,6 +350,27 @@ class MdnsDiscovery:
         if self._on_peer is not None:
             self._on_peer(peer)
         return True
+
+    def _evict(self, name: str) -> None:
+        """Drop a refused instance's PTR, SRV and TXT from zeroconf's cache (and its refresh
+        query), so a flood of forged names does not stay in memory for their TTLs. A real
+        peer refused for a passing reason is heard again at its next announcement."""
+        if self._aiozc is None:
+            return
+        cache = self._aiozc.zeroconf.cache
+        ptrs = [
+            r
+            for r in cache.async_entries_with_name(SERVICE_TYPE)
+            if isinstance(r, DNSPointer) and r.alias == name
+        ]
+        own = cache.async_entries_with_name(name)
+        cache.async_remove_records([*own, *ptrs])
+        for server in {r.server for r in own if isinstance(r, DNSService)}:
+            if not cache.async_entries_with_server(server):  # no other instance uses the host
+                cache.async_remove_records(cache.async_entries_with_name(server))
+        if self._browser is not None:
+            for ptr in ptrs:
+                self._browser.query_scheduler.cancel_ptr_refresh(ptr)
 
     def _unverified_goodbye(self, name: str) -> None:
         """A TTL-0 goodbye: anyone can send one. Confirm before dropping a verified peer."""
@@ -376,6 +398,7 @@ class MdnsDiscovery:
 
     def _reject(self, name: str, reason: str) -> None:
         self._book.reject(name, reason)
+        self._evict(name)
         # the key drops the volatile parts of stale-age messages ("stale record: 412 s old...")
         key = (name, reason.split(":", 1)[0])
         new = self._refusals(key, "refused announcement %s: %s", name, reason)

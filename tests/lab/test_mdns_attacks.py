@@ -65,3 +65,92 @@ def test_forged_goodbyes_do_not_drop_verified_peers(
     finally:
         for n in members[1:]:
             n.stop()
+
+
+def _rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def test_a_flood_of_instance_names_loses_no_peer_and_stays_bounded(
+    lab_factory: LabFactory, tmp_path: Path, token: Path
+) -> None:
+    lab = lab_factory(4, with_client=True)
+    attacker = lab.client
+    assert attacker is not None
+    members = _members(lab.machines[:3], tmp_path, token)
+    late: Node | None = None
+    try:
+        time.sleep(2)
+        before = {n.machine.name: _rss_kb(n.proc.pid) for n in members}
+        flood = Attack(attacker, "mdns-flood", "--count", "10000").wait(timeout=120)
+        time.sleep(5)
+        after = {n.machine.name: _rss_kb(n.proc.pid) for n in members}
+        # Discovery still works: a member that starts now is found, and finds the others.
+        late = announce(lab.machines[3], tmp_path, token, "--duration", "60")
+        names = {m.name for m in lab.machines}
+        everyone = [*members, late]
+        wait_until(
+            lambda: all(set(n.seen()) == names - {n.machine.name} for n in everyone),
+            20,
+            "the late member to meet everyone after the flood",
+        )
+        assert flood["instances"] == 10_000
+        assert _gone(members) == {"n1": [], "n2": [], "n3": []}
+        growth = {k: (after[k] - before[k]) / 1024 for k in before}
+        print(f"RSS growth under a 10,000-name flood (MiB): {growth}")
+        assert all(g < 6 for g in growth.values()), growth  # 10-12 MiB before eviction
+        for n in members:
+            lines = n.out.read_text().splitlines()
+            logged = [ln for ln in lines if "refused announcement" in ln and ln[:1] != "{"]
+            assert len(logged) <= 12, f"{n.machine.name} logged {len(logged)} refusals"
+    finally:
+        for n in [*members, *([late] if late else [])]:
+            n.stop()
+
+
+def test_replayed_announcements_roll_nothing_back(
+    lab_factory: LabFactory, tmp_path: Path, token: Path
+) -> None:
+    """Captured signed records, replayed after n3 changed its role, under their own instance
+    names and under names of the attacker's: n3 stays an agent, the aliases are refused."""
+    lab = lab_factory(3, with_client=True)
+    attacker = lab.client
+    assert attacker is not None
+    n1, n2, n3 = lab.machines
+    members = [
+        announce(n1, tmp_path, token, "--duration", "120"),
+        announce(n2, tmp_path, token, "--duration", "120"),
+        announce(
+            n3,
+            tmp_path,
+            token,
+            "--duration",
+            "120",
+            "--update-after",
+            "7",
+            "--update-role",
+            "agent",
+        ),  # fmt: skip
+    ]
+    try:
+        wait_until(lambda: all(len(n.seen()) == 2 for n in members), 15, "members to meet")
+        assert members[0].seen()["n3"]["role"] == "none"
+        replay = Attack(attacker, "mdns-replay", "--learn", "2", "--delay", "6", "--duration", "4")
+        wait_until(lambda: bool(members[2].events("updated")), 15, "n3 to become an agent")
+        counters = replay.wait(timeout=60)
+        time.sleep(2)
+        assert counters["instances"] == 3 and counters["packets"] > 20, counters
+        for n in members[:2]:
+            assert n.seen()["n3"]["role"] == "agent", n.machine.name
+            roles = [e["role"] for e in n.events("peer") if e["name"] == "n3"]
+            assert roles == ["none", "agent"], (n.machine.name, roles)
+            refused = n.rejects()
+            aliases = [i for i in refused if i.startswith("replay")]
+            assert aliases and all("does not match" in refused[i] for i in aliases), refused
+        assert _gone(members) == {"n1": [], "n2": [], "n3": []}
+    finally:
+        for n in members:
+            n.stop()
