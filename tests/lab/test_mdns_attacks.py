@@ -133,7 +133,7 @@ def test_replayed_announcements_roll_nothing_back(
             "7",
             "--update-role",
             "agent",
-        ),  # fmt: skip
+        ),
     ]
     try:
         wait_until(lambda: all(len(n.seen()) == 2 for n in members), 15, "members to meet")
