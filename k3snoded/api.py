@@ -19,6 +19,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from k3snoded.discovery import listener
+
 log = logging.getLogger(__name__)
 
 StatusFn = Callable[[], dict[str, Any]]
@@ -71,16 +73,15 @@ class ApiServer:
             os.umask(old)
         os.chmod(self._socket_path, 0o600)
         if self._listen:
-            peer = web.Application()
+            # Open to the LAN: connection caps, short timeouts, small bodies (listener.py).
+            peer = listener.application()
             peer.router.add_get("/healthz", self._get_healthz)
             peer.router.add_get("/metrics", self._get_metrics)
             for setup in self._peer_setup:
                 setup(peer)
-            prunner = web.AppRunner(peer, access_log=None)
-            await prunner.setup()
-            self._runners.append(prunner)
             host, port = _split_listen(self._listen)
-            await web.TCPSite(prunner, host, port, reuse_address=True).start()
+            prunner, _ = await listener.serve(peer, host, port, reuse_address=True)
+            self._runners.append(prunner)
             log.info("peer API listening on %s", self._listen)
 
     async def close(self) -> None:

@@ -26,6 +26,7 @@ from aiohttp import web
 from yarl import URL
 
 from k3snoded.discovery.announcement import peer_from_fields, peer_to_fields
+from k3snoded.discovery.listener import limit_bodies, read_body
 from k3snoded.discovery.signing import (
     RequestVerifier,
     new_nonce,
@@ -45,6 +46,10 @@ _CALLERS_MAX = 4096
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Clock = Callable[[], float]
+
+
+async def _no_handler(request: web.Request) -> web.StreamResponse:
+    return web.Response(status=200)
 
 
 class PeerApi:
@@ -92,7 +97,10 @@ class PeerApi:
         """Wrap a handler: verify the request's signature, then sign its answer."""
 
         async def wrapper(request: web.Request) -> web.StreamResponse:
-            body = await request.read()
+            refused = await limit_bodies(request, _no_handler)
+            if refused.status != 200:
+                return refused
+            body = await read_body(request)
             try:
                 verified = self._verifier.verify(
                     request.method, request.raw_path, body, request.headers, self._clock()
