@@ -76,19 +76,19 @@ def hold(args: argparse.Namespace, *, trickle: bytes | None) -> dict[str, int]:
                 socks[s] = 0
                 sel.register(s, selectors.EVENT_READ)
         for key, _ in sel.select(timeout=0.2):
-            s = key.fileobj
-            assert isinstance(s, socket.socket)
+            conn = key.fileobj
+            assert isinstance(conn, socket.socket)
             try:
-                data = s.recv(4096)
+                data = conn.recv(4096)
             except BlockingIOError:
                 continue
             except OSError:
                 data = b""
             if not data:  # reset or closed by the server
                 closed += 1
-                sel.unregister(s)
-                socks.pop(s, None)
-                s.close()
+                sel.unregister(conn)
+                socks.pop(conn, None)
+                conn.close()
         if trickle is not None and now < end and now >= next_trickle:
             next_trickle += 1.0
             for s, sent in list(socks.items()):
