@@ -20,6 +20,7 @@ import aiohttp
 from aiohttp import web
 
 from k3snoded.discovery import listener
+from k3snoded.rundir import make_private
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +63,7 @@ class ApiServer:
         runner = web.AppRunner(local, access_log=None)
         await runner.setup()
         self._runners.append(runner)
-        self._socket_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(self._socket_path.parent, 0o700)
+        make_private(self._socket_path.parent)  # never a shared directory (rundir.py)
         with contextlib.suppress(FileNotFoundError):
             self._socket_path.unlink()
         old = os.umask(0o177)
