@@ -7,6 +7,7 @@ Run inside the attacker's namespace (``machine.spawn``) from the repository root
     python -m tests.lab.attacker arp-spoof --vip 198.18.0.100 --duration 6
     python -m tests.lab.attacker mdns-flood --count 10000          (tests/lab/attacker_mdns.py)
     python -m tests.lab.attacker api-idle --target 198.18.0.11:6480 (tests/lab/attacker_http.py)
+    python -m tests.lab.attacker tls-server --vip 198.18.0.100     (tests/lab/attacker_tls.py)
 
 Every attack is bounded in time and count, sends only on the lab interface (``eth0``, bound
 with SO_BINDTODEVICE or an AF_PACKET socket on it), and prints one JSON line per notable event
@@ -264,15 +265,19 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--vip", required=True)
     a.add_argument("--rate", type=float, default=5.0)
     a.add_argument("--duration", type=float, default=6.0)
-    from tests.lab import attacker_http, attacker_mdns
+    from tests.lab import attacker_http, attacker_mdns, attacker_tls
 
     attacker_mdns.add_commands(sub, COMMANDS)
     attacker_http.add_commands(sub, COMMANDS)
+    attacker_tls.add_commands(sub, COMMANDS)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # SIGTERM (Attack.stop, lab teardown) unwinds like an exception, so every attack's cleanup
+    # (an address it added, a socket) runs.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     random.seed()
     emit("start", command=args.command)
     counters = COMMANDS[args.command](args)
