@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -14,7 +16,7 @@ from aiohttp import web
 
 from k3snoded.discovery import listener
 from k3snoded.discovery.peer_api import PEERS_PATH, PeerApi, fetch_peers
-from k3snoded.discovery.signing import derive_key
+from k3snoded.discovery.signing import derive_key, new_nonce, sign_request
 from k3snoded.model import Peer, Role
 
 KEY = derive_key("s3cret", "lab")
@@ -122,3 +124,20 @@ def test_admission_counts_and_releases() -> None:
     assert adm.admit("b") and not adm.admit("c")  # 3 in all
     adm.release("a")
     assert adm.admit("c") and adm.open == 3
+
+
+async def test_refusals_with_ever_new_reasons_do_not_flood_the_log(
+    site: tuple[str, int, listener.PeerSite], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Stale timestamps make every refusal's text different ("stale request: 412 s old"):
+    still only a handful of lines."""
+    host, port, _ = site
+    caplog.set_level(logging.WARNING, logger="k3snoded.discovery.peer_api")
+    async with aiohttp.ClientSession() as session:
+        for age in range(100, 400):
+            headers = sign_request(KEY, "GET", PEERS_PATH, b"", time.time() - age,
+                                   new_nonce(os.urandom(16)))  # fmt: skip
+            async with session.get(f"http://{host}:{port}{PEERS_PATH}", headers=headers) as r:
+                assert r.status == 401
+    lines = [r for r in caplog.records if "refused peer-API request" in r.getMessage()]
+    assert 1 <= len(lines) <= 10, len(lines)
