@@ -364,7 +364,8 @@ def main() -> int:
         )
     print(f"| {base.attack} | 1 | {base.unheld:.2f} | {base.moves} | - | - | - | the hole |")
     if args.json:
-        Path(args.json).write_text(json.dumps([r.__dict__ for r in [*results, base]], indent=1))
+        rows = [r.__dict__ for r in [*results, base]]
+        Path(args.json).write_text(json.dumps(rows, indent=1, default=sorted))
     return 0
 
 
