@@ -17,6 +17,7 @@ from k3snoded import _config_rules as rules
 from k3snoded._config_yaml import Sources
 from k3snoded.errors import ConfigProblem
 from k3snoded.model import RolePreference
+from k3snoded.rundir import shared_reason
 from k3snoded.tokens import TokenError, normalize, read_token
 
 if TYPE_CHECKING:
@@ -143,6 +144,8 @@ def _node(c: Checker, cfg: Config) -> None:
             f"too long for unix sockets: {node.run_dir} leaves no room for the sockets inside "
             f"it (at most {UNIX_PATH_MAX - 18} bytes)",
         )
+    if reason := shared_reason(node.run_dir):  # rundir.py: never chmod a shared directory
+        c.add("node.run_dir", reason)
     discovery = cfg.discovery.mdns or bool(cfg.discovery.seeds)
     if node.role is RolePreference.AGENT and not cfg.registration.address and not discovery:
         c.add(

@@ -272,5 +272,7 @@ def _check_mysql(dsn: str) -> str | None:
 
 
 def hide_password(endpoint: str) -> str:
-    """``endpoint`` with the password of ``scheme://user:password@...`` replaced by ``***``."""
+    """``endpoint`` with the password of ``scheme://user:password@...`` and of a ``password=``
+    query parameter (pgx reads one there too) replaced by ``***``."""
+    endpoint = re.sub(r"(?i)([?&]password=)[^&#]*", r"\1***", endpoint)
     return re.sub(r"(://[^:/@]*:).*@", r"\1***@", endpoint)

@@ -22,6 +22,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from k3snoded.discovery import listener
+from k3snoded.rundir import make_private
+
 log = logging.getLogger(__name__)
 
 StatusFn = Callable[[], dict[str, Any]]
@@ -63,8 +66,7 @@ class ApiServer:
         runner = web.AppRunner(local, access_log=None)
         await runner.setup()
         self._runners.append(runner)
-        self._socket_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(self._socket_path.parent, 0o700)
+        make_private(self._socket_path.parent)  # never a shared directory (rundir.py)
         with contextlib.suppress(FileNotFoundError):
             self._socket_path.unlink()
         old = os.umask(0o177)
@@ -74,17 +76,16 @@ class ApiServer:
             os.umask(old)
         os.chmod(self._socket_path, 0o600)
         if self._listen:
-            peer = web.Application()
+            # Open to the LAN: connection caps, short timeouts, small bodies (listener.py).
+            peer = listener.application()
             peer.router.add_get("/healthz", self._get_healthz)
             peer.router.add_get("/livez", self._get_livez)
             peer.router.add_get("/metrics", self._get_metrics)
             for setup in self._peer_setup:
                 setup(peer)
-            prunner = web.AppRunner(peer, access_log=None)
-            await prunner.setup()
-            self._runners.append(prunner)
             host, port = _split_listen(self._listen)
-            await web.TCPSite(prunner, host, port, reuse_address=True).start()
+            prunner, _ = await listener.serve(peer, host, port, reuse_address=True)
+            self._runners.append(prunner)
             log.info("peer API listening on %s", self._listen)
 
     async def close(self) -> None:

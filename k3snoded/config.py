@@ -17,7 +17,7 @@ from k3snoded._config_host import HostFacts, Interface, detect_host
 from k3snoded._config_rules import hide_password
 from k3snoded._config_yaml import DROPIN_DIR, Sources, read_sources
 from k3snoded.errors import ConfigError, ConfigProblem
-from k3snoded.model import InstallMode, RolePreference
+from k3snoded.model import InstallMode, RolePreference, VrrpAuthentication
 
 __all__ = [
     "DEFAULT_API_PORT",
@@ -130,6 +130,7 @@ class VipConfig:
     priority: int = 100  # 1..254
     preempt: bool = False
     unicast_peers: tuple[str, ...] = ()  # empty: multicast to 224.0.0.18
+    authentication: VrrpAuthentication = VrrpAuthentication.HMAC  # none: keepalived w/o auth_hmac
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from typing import Any
 from k3snoded import __version__, handover, k3s
 from k3snoded.api import ApiServer
 from k3snoded.config import Config, load_config
+from k3snoded.coredump import forbid_core_dumps
 from k3snoded.discovery.signing import derive_key
 from k3snoded.errors import EX_CONFIG, ConfigError, InstallError, K3snodedError
 from k3snoded.install import ensure_k3s, spec_from_config
@@ -263,6 +264,7 @@ class Daemon:
 def run_daemon(config_path: Path) -> int:
     """Entry point of ``k3snoded run``: validate first, exit 78 on a bad config."""
     setup_logging()
+    forbid_core_dumps()  # the token and the DB password live in this process (coredump.py)
     try:
         cfg = load_config(config_path)
     except ConfigError as err:

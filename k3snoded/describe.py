@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from k3snoded._config_rules import hide_password
 from k3snoded.config import Config
 
 
@@ -18,7 +19,8 @@ def _redact_endpoint(endpoint: str) -> str:
 
 
 def describe_config(cfg: Config) -> str:
-    ds = _redact_endpoint(cfg.datastore.endpoint) or "k3s's embedded SQLite (single server)"
+    ds = hide_password(_redact_endpoint(cfg.datastore.endpoint))
+    ds = ds or "k3s's embedded SQLite (single server)"
     reg = cfg.registration
     vip = (
         f"VIP {reg.address}/{reg.vip.prefix} on {reg.vip.interface or cfg.node.interface} "

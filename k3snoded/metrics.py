@@ -80,6 +80,12 @@ def render_metrics(status: dict[str, Any]) -> str:
         [({}, int(vip.get("transitions") or 0))],
     )
     out += _family(
+        "k3snoded_vrrp_adverts_refused_total",
+        "counter",
+        "VRRP adverts dropped because they failed authentication, by reason.",
+        [({"reason": str(r)}, int(n)) for r, n in sorted((vip.get("refused") or {}).items())],
+    )
+    out += _family(
         "k3snoded_peers",
         "gauge",
         "Machines this node knows of (discovery and datastore).",

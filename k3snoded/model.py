@@ -39,6 +39,13 @@ class ChildState(enum.Enum):
     STOPPING = "stopping"
 
 
+class VrrpAuthentication(enum.Enum):
+    """How VRRP adverts are authenticated (``registration.vip.authentication``)."""
+
+    HMAC = "hmac"  # keepalived's auth_hmac trailer, keyed from the cluster token (default)
+    NONE = "none"  # plain VRRPv3, for a VRID shared with keepalived without auth_hmac
+
+
 class VrrpState(enum.Enum):
     """RFC 5798 section 6.4 states."""
 

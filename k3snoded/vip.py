@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 from k3snoded import handover
 from k3snoded.config import Config
 from k3snoded.errors import VrrpError
+from k3snoded.model import VrrpAuthentication
+from k3snoded.tokens import read_token
 
 if TYPE_CHECKING:
     from k3snoded.vrrp.speaker import VrrpSpeaker
@@ -86,6 +88,11 @@ class VipKeeper:
         self._healthy = False
         self._failed_logged = False
         self._resume_until = 0.0  # monotonic: the previous daemon handed the VIP over until then
+        self._advert_key: bytes | None = None  # None: unauthenticated adverts
+        if self.enabled and reg.vip.authentication is VrrpAuthentication.HMAC:
+            from k3snoded.vrrp.auth import derive_vrrp_key
+
+            self._advert_key = derive_vrrp_key(read_token(cfg.cluster.token_file), cfg.cluster.name)
         if self.enabled:
             # Import now, not at the first promotion: after a package upgrade /opt holds the
             # new code while this daemon still runs the old one (packaging/README.md).
@@ -134,6 +141,7 @@ class VipKeeper:
                 self._failed_logged = True
             await self.stop()
         if run and self._speaker is None:
+            from k3snoded.vrrp.auth import AdvertAuth
             from k3snoded.vrrp.speaker import VrrpSpeaker
 
             resume = self._resume_until > time.monotonic()
@@ -153,6 +161,7 @@ class VipKeeper:
                 unicast_peers=vip.unicast_peers,
                 source_address=self.cfg.node.address or None,
                 resume=resume,
+                auth=AdvertAuth(self._advert_key) if self._advert_key else None,
             )
             self._speaker.set_healthy(healthy)
             self._guard = VipGuard(str(self._vip()), self.interface)
@@ -201,6 +210,8 @@ class VipKeeper:
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = {"address": self.address or None, "held": False}
         if self._speaker is not None:
+            from k3snoded.vrrp.auth import REASONS
+
             st = self._speaker.status
             out.update(
                 held=st.holds_vip,
@@ -208,5 +219,7 @@ class VipKeeper:
                 priority=st.priority,
                 master=st.master,
                 transitions=st.transitions,
+                authenticated=st.authenticated,
+                refused={**dict.fromkeys(REASONS, 0), **dict(st.auth_dropped)},
             )
         return out

@@ -121,6 +121,13 @@ class Endpoint:
                 return value
         return default
 
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Every password the endpoint holds (user info, ``password=`` parameters): what a
+        message must never show."""
+        found = [self.password, *(v for k, v in self.params if k.lower() == "password")]
+        return tuple(s for s in dict.fromkeys(found) if s)
+
     def with_database(self, database: str) -> Endpoint:
         """The same server and credentials, another database."""
         return _replace(self, database=database)
@@ -163,7 +170,8 @@ class Endpoint:
         if self.backend in (Backend.ETCD, Backend.OTHER):
             return ",".join(self.urls) if self.urls else f"{self.scheme}://"
         auth = self.user + (":***" if self.password else "")
-        query = urllib.parse.urlencode(self.params) if self.params else ""
+        shown = [(k, "***" if k.lower() == "password" else v) for k, v in self.params]
+        query = urllib.parse.urlencode(shown, safe="*") if shown else ""
         query = f"?{query}" if query else ""
         if self.backend is Backend.MYSQL:
             net = f"unix({self.unix_socket})" if self.unix_socket else f"tcp({self.address})"
@@ -173,6 +181,9 @@ class Endpoint:
 
     def __str__(self) -> str:
         return self.redacted()
+
+    def __repr__(self) -> str:  # the parameters may hold a password too
+        return f"Endpoint({self.backend.value}, {self.redacted()!r})"
 
 
 def _replace(ep: Endpoint, **changes: object) -> Endpoint:
@@ -310,6 +321,9 @@ def _parse_postgres(scheme: str, rest: str, tls: TlsFiles) -> Endpoint:
         raise EndpointError("PostgreSQL endpoints with several hosts are not supported")
     host, port = _host_port(netloc or "localhost", POSTGRES_PORT)
     database = urllib.parse.unquote(url.path.lstrip("/")).lower() or DEFAULT_DATABASE
+    params = _query(url.query)
+    # pgx reads the password from a "password" parameter too; it wins over the user info.
+    password = next((v for k, v in reversed(params) if k == "password"), password)
     return Endpoint(
         Backend.POSTGRES,
         scheme,
@@ -318,6 +332,6 @@ def _parse_postgres(scheme: str, rest: str, tls: TlsFiles) -> Endpoint:
         user=user,
         password=password,
         database=database,
-        params=_query(url.query),
+        params=params,
         tls=tls,
     )

@@ -66,9 +66,10 @@ class Dialect(abc.ABC):
         return sql if self.placeholder == "?" else sql.replace("?", self.placeholder)
 
     def scrub(self, text: str) -> str:
-        """Remove the password from a driver message."""
-        secret = self.endpoint.password
-        return text.replace(secret, "***") if secret else text
+        """Remove the password (user info or ``password=`` parameter) from a driver message."""
+        for secret in self.endpoint.secrets:
+            text = text.replace(secret, "***")
+        return text
 
     @abc.abstractmethod
     def connect(self) -> Any:

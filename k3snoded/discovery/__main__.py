@@ -25,10 +25,10 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
 from zeroconf import IPVersion, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
+from k3snoded.discovery import listener
 from k3snoded.discovery.mdns import SERVICE_TYPE, MdnsDiscovery
 from k3snoded.discovery.peer_api import PeerApi
 from k3snoded.discovery.seed import SeedDiscovery
@@ -100,12 +100,10 @@ async def announce(args: argparse.Namespace) -> None:
     )
     async with contextlib.AsyncExitStack() as stack:
         if args.listen:
-            app = web.Application()
+            app = listener.application()
             api.install(app)
-            runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
+            runner, _ = await listener.serve(app, args.address, args.api_port)
             stack.push_async_callback(runner.cleanup)
-            await web.TCPSite(runner, args.address, args.api_port).start()
             emit("listening", address=args.address, port=args.api_port)
         emit("registering", name=args.name)
         if mdns is not None:

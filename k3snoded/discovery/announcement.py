@@ -14,6 +14,7 @@ a     addresses, comma-separated                  ``198.18.0.11``
 p     peer-API port                               ``6480``
 r     role now (none/server/agent)                ``server``
 g     registration address, when known            ``198.18.0.100``
+b     ``1``: the node leaves (signed goodbye)     ``1``
 ts    signing time (Unix seconds, 3 decimals)     ``1764080000.123``
 sig   HMAC-SHA256, URL-safe base64                43 characters
 ====  ==========================================  =================
@@ -29,6 +30,7 @@ from collections.abc import Mapping
 from k3snoded.model import Peer, Role
 
 FORMAT_VERSION = "1"
+LEAVING_FIELD = "b"  # "1" in the record a node signs as it leaves (receivers drop it at once)
 TXT_ITEM_MAX = 255
 _NAME_MAX = 63
 

@@ -26,6 +26,7 @@ from aiohttp import web
 from yarl import URL
 
 from k3snoded.discovery.announcement import peer_from_fields, peer_to_fields
+from k3snoded.discovery.listener import limit_bodies, read_body
 from k3snoded.discovery.signing import (
     RequestVerifier,
     new_nonce,
@@ -35,16 +36,20 @@ from k3snoded.discovery.signing import (
 )
 from k3snoded.errors import AuthenticationError
 from k3snoded.model import Peer
+from k3snoded.ratelimit import OncePerKey
 
 log = logging.getLogger(__name__)
 
 PEERS_PATH = "/v1/peers"
 MAX_BODY = 1 << 20  # a peer list of a thousand machines is well under 200 kB
-_LOGGED_MAX = 1024
 _CALLERS_MAX = 4096
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Clock = Callable[[], float]
+
+
+async def _no_handler(request: web.Request) -> web.StreamResponse:
+    return web.Response(status=200)
 
 
 class PeerApi:
@@ -77,7 +82,7 @@ class PeerApi:
         self._local = local_provider
         self._clock = clock
         self._verifier = RequestVerifier(key, window)
-        self._logged: set[tuple[str, str]] = set()
+        self._refusals = OncePerKey(log, "refused peer-API requests")
         self.rejected = 0  # requests refused so far (for status and tests)
 
     def callers(self) -> dict[str, Peer]:
@@ -92,7 +97,10 @@ class PeerApi:
         """Wrap a handler: verify the request's signature, then sign its answer."""
 
         async def wrapper(request: web.Request) -> web.StreamResponse:
-            body = await request.read()
+            refused = await limit_bodies(request, _no_handler)
+            if refused.status != 200:
+                return refused
+            body = await read_body(request)
             try:
                 verified = self._verifier.verify(
                     request.method, request.raw_path, body, request.headers, self._clock()
@@ -114,14 +122,11 @@ class PeerApi:
         return wrapper
 
     def _refuse(self, source: str, reason: str) -> None:
+        """Count it; log once per source and kind of reason, a few lines a minute in all
+        (the text of a stale-timestamp reason changes with every request)."""
         self.rejected += 1
-        if (source, reason) in self._logged:
-            log.debug("refused peer-API request from %s: %s", source, reason)
-            return
-        if len(self._logged) >= _LOGGED_MAX:
-            self._logged.clear()
-        self._logged.add((source, reason))
-        log.warning("refused peer-API request from %s: %s (logged once)", source, reason)
+        key = (source, reason.split(":", 1)[0])
+        self._refusals(key, "refused peer-API request from %s: %s", source, reason)
 
     def _learn_caller(self, request: web.Request) -> str | None:
         """Remember the caller's self-description, if any; return a reason if it is malformed."""

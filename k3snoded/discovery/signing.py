@@ -60,6 +60,12 @@ def token_password(token: str) -> str:
         raise ValueError(str(exc)) from exc
 
 
+def _hkdf(token: str, info: bytes) -> bytes:
+    """HKDF-SHA256 (RFC 5869), one output block: extract with our salt, expand with ``info``."""
+    prk = hmac.new(_SALT, token_password(token).encode(), hashlib.sha256).digest()
+    return hmac.new(prk, info + b"\x01", hashlib.sha256).digest()[:KEY_SIZE]
+
+
 def derive_key(token: str, cluster: str) -> bytes:
     """HKDF-SHA256 (RFC 5869) of the token's password, with the cluster name as context.
 
@@ -68,9 +74,21 @@ def derive_key(token: str, cluster: str) -> bytes:
     """
     if not cluster:
         raise ValueError("cluster name must not be empty")
-    prk = hmac.new(_SALT, token_password(token).encode(), hashlib.sha256).digest()
-    info = b"cluster:" + cluster.encode()
-    return hmac.new(prk, info + b"\x01", hashlib.sha256).digest()[:KEY_SIZE]
+    return _hkdf(token, b"cluster:" + cluster.encode())
+
+
+def derive_purpose_key(token: str, cluster: str, purpose: str) -> bytes:
+    """A key for one other use of the token (e.g. ``vrrp``), independent of :func:`derive_key`.
+
+    The same HKDF with another ``info`` (``k3snoded-<purpose>-v1``, NUL, the cluster name), so
+    knowing one derived key tells nothing about the others, and a key handed to another program
+    (keepalived's ``auth_hmac``) cannot sign announcements or peer-API requests.
+    """
+    if not cluster:
+        raise ValueError("cluster name must not be empty")
+    if not purpose or not purpose.isascii() or not purpose.isalnum():
+        raise ValueError(f"bad key purpose {purpose!r}")
+    return _hkdf(token, f"k3snoded-{purpose}-v1".encode() + b"\0cluster:" + cluster.encode())
 
 
 def _enc(text: str) -> bytes:

@@ -4,6 +4,11 @@ For lab tests, the failover bench and operators debugging a segment. Signals: SI
 stop gracefully (priority-0 advert, VIP removed); SIGUSR1 marks the node unhealthy (stand
 down), SIGUSR2 healthy again. ``--status-file`` is rewritten (atomically, as JSON) whenever
 the state changes.
+
+Adverts are authenticated like the daemon's (``--token-file``, ``--cluster``) unless
+``--authentication none``. ``python -m k3snoded.vrrp keepalived-key --token-file F --cluster C
+--out FILE`` writes the cluster's advert key (mode 0600) for keepalived's
+``auth_hmac { key 1 file:FILE  active_key 1 }``.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from k3snoded.errors import VrrpError
+from k3snoded.tokens import TokenError, read_token, write_secret
+from k3snoded.vrrp.auth import AdvertAuth, derive_vrrp_key, keepalived_key
 from k3snoded.vrrp.speaker import SpeakerStatus, VrrpSpeaker
 
 log = logging.getLogger("k3snoded.vrrp")
@@ -40,6 +47,15 @@ def _parser() -> argparse.ArgumentParser:
         "--vip-lifetime", type=int, default=1, help="kernel lifetime of the VIP, s (0: permanent)"
     )
     p.add_argument("--unhealthy", action="store_true", help="start standing down")
+    p.add_argument(
+        "--authentication",
+        choices=("hmac", "none"),
+        default="hmac",
+        help="hmac (default): sign adverts and drop unsigned ones; none: keepalived without "
+        "auth_hmac",
+    )
+    p.add_argument("--token-file", type=Path, help="the cluster token (needed for hmac)")
+    p.add_argument("--cluster", default="default", help="the cluster name (key derivation)")
     p.add_argument("--status-file", type=Path, default=None)
     p.add_argument("--log-level", default="INFO")
     return p
@@ -51,6 +67,14 @@ def _write_status(path: Path, status: SpeakerStatus) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, sort_keys=True) + "\n")
     os.replace(tmp, path)
+
+
+def _auth(args: argparse.Namespace) -> AdvertAuth | None:
+    if args.authentication == "none":
+        return None
+    if args.token_file is None:
+        raise VrrpError("--authentication hmac needs --token-file (or --authentication none)")
+    return AdvertAuth(derive_vrrp_key(read_token(args.token_file), args.cluster))
 
 
 async def _main(args: argparse.Namespace) -> int:
@@ -68,6 +92,7 @@ async def _main(args: argparse.Namespace) -> int:
         source_address=args.source_address,
         garp_repeat_after=args.garp_repeat_after,
         vip_lifetime=args.vip_lifetime or None,
+        auth=_auth(args),
     )
     if args.unhealthy:
         speaker.set_healthy(False)
@@ -103,7 +128,25 @@ async def _main(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_keepalived_key(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m k3snoded.vrrp keepalived-key")
+    p.add_argument("--token-file", type=Path, required=True)
+    p.add_argument("--cluster", required=True)
+    p.add_argument("--out", type=Path, required=True, help="written with mode 0600")
+    args = p.parse_args(argv)
+    try:
+        key = derive_vrrp_key(read_token(args.token_file), args.cluster)
+    except (TokenError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    write_secret(args.out, keepalived_key(key) + "\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["keepalived-key"]:
+        return _write_keepalived_key(argv[1:])
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),
@@ -113,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return asyncio.run(_main(args))
-    except VrrpError as exc:
+    except (VrrpError, TokenError) as exc:
         log.error("%s", exc)
         return 1
 

@@ -9,6 +9,11 @@ Health tracking belongs to the caller (the daemon probes the local k3s ``/ping``
 ``set_healthy(False)`` makes a master send a priority-0 advert and release the address, and a
 backup refuse to take over; ``set_priority(p)`` changes the advertised priority.
 
+Authentication: with ``auth`` (an :class:`~k3snoded.vrrp.auth.AdvertAuth`), every advert
+carries keepalived's ``auth_hmac`` trailer and adverts without a valid one are dropped, counted
+by reason and logged once per source (``auth.py``). ``auth=None`` is the unauthenticated mode
+for fleets that share the VRID with a keepalived without ``auth_hmac``.
+
 Stale copies: at start the VIP is removed from the interface (a killed predecessor leaves it,
 lab-findings §3). While Master, the VIP carries a kernel lifetime (``vip_lifetime``, 1 s by
 default) refreshed every 0.25 s, so a SIGKILLed or frozen holder loses it within about 2 s
@@ -26,6 +31,7 @@ from ipaddress import IPv4Address, IPv4Interface
 
 from k3snoded.errors import VrrpError
 from k3snoded.model import VrrpState
+from k3snoded.vrrp import auth as vrrp_auth
 from k3snoded.vrrp import machine, packet
 from k3snoded.vrrp.garp import GarpSender
 from k3snoded.vrrp.machine import MachineConfig, MachineState
@@ -51,7 +57,9 @@ class SpeakerStatus:
     holds_vip: bool  # the VIP is on our interface right now (as last reconciled)
     transitions: int
     reason: str
-    dropped: int  # received datagrams dropped (malformed, wrong TTL/VRID, foreign source)
+    dropped: int  # received datagrams dropped (malformed, wrong TTL, foreign source, auth)
+    authenticated: bool = False  # adverts are signed and must be (auth_hmac)
+    auth_dropped: tuple[tuple[str, int], ...] = ()  # adverts refused by authentication, by reason
 
 
 class _DropLog:
@@ -94,6 +102,7 @@ class VrrpSpeaker:
         garp_repeat_after: float = 2.0,
         vip_lifetime: int | None = 1,
         resume: bool = False,
+        auth: vrrp_auth.AdvertAuth | None = None,
     ) -> None:
         if not 1 <= vrid <= 255:
             raise VrrpError(f"VRID {vrid} is outside 1..255")
@@ -118,6 +127,8 @@ class VrrpSpeaker:
         self._lifetime = vip_lifetime
         self._resume = resume  # start as master on the VIP the previous daemon handed over
         self._handover: tuple[int, int] | None = None  # (advert interval cs, VIP lifetime s)
+        self._auth = auth
+        self._auth_drops = vrrp_auth.AuthDrops()
         self._state = MachineState(priority=priority, master_adver_interval=self.advert_interval)
         self._config: MachineConfig | None = None
         self._sock: VrrpSocket | None = None
@@ -149,7 +160,9 @@ class VrrpSpeaker:
             holds_vip=self._holds_vip,
             transitions=s.transitions,
             reason=s.reason,
-            dropped=self._drops.total,
+            dropped=self._drops.total + self._auth_drops.total,
+            authenticated=self._auth is not None,
+            auth_dropped=tuple(sorted(self._auth_drops.counts.items())),
         )
 
     def set_priority(self, priority: int) -> None:
@@ -217,10 +230,12 @@ class VrrpSpeaker:
             self._garp.open()
             loop.add_reader(self._sock.fileno(), self._on_readable)
             log.info(
-                "VRRP speaker on %s: VRID %d, VIP %s, priority %d, advert %.2f s, %s, source %s",
+                "VRRP speaker on %s: VRID %d, VIP %s, priority %d, advert %.2f s, %s, "
+                "source %s, %s",
                 self.interface, self.vrid, self.vip, self._state.priority, self.advert_interval,
                 f"unicast to {', '.join(map(str, self.unicast_peers))}"
                 if self.unicast_peers else "multicast", source,
+                "adverts authenticated (HMAC)" if self._auth else "UNAUTHENTICATED adverts",
             )  # fmt: skip
             self._feed(machine.Startup(self._resume))
             await self._reconcile_until_stopped(nl, writer, info.index)
@@ -356,9 +371,14 @@ class VrrpSpeaker:
         assert self._sock is not None
         advert = packet.Advertisement(self.vrid, priority, cs or self._cs, (self.vip.ip,))
         targets = self.unicast_peers or (packet.VRRP_MULTICAST_GROUP,)
-        for dst in targets:
+        source = self._sock.source
+        messages = [packet.encode(advert, source, dst) for dst in targets]
+        if self._auth is not None:  # one trailer for every copy: the checksum is not covered
+            trailer = self._auth.trailer(messages[0], source)
+            messages = [m + trailer for m in messages]
+        for dst, message in zip(targets, messages, strict=True):
             try:
-                self._sock.send(packet.encode(advert, self._sock.source, dst), dst)
+                self._sock.send(message, dst)
             except OSError as exc:
                 self._send_errors.drop("send", f"advert to {dst}: {exc}")
 
@@ -388,12 +408,22 @@ class VrrpSpeaker:
             if self.unicast_peers and dgram.source not in self.unicast_peers:
                 self._drops.drop("source", f"advert from {dgram.source}, not a configured peer")
                 return
-            advert = packet.decode(dgram.payload, dgram.source, dgram.destination)
+            message, trailer = (
+                vrrp_auth.split(dgram.payload) if self._auth else (dgram.payload, None)
+            )
+            advert = packet.decode(message, dgram.source, dgram.destination)
         except packet.MalformedAdvert as exc:
             self._drops.drop("malformed", str(exc))
             return
         if advert.vrid != self.vrid:
             return  # another router's VRID on the same segment: silently discarded (RFC 7.1)
+        if self._auth is not None:
+            try:
+                skew = self._auth.verify(message, trailer, dgram.source)
+            except vrrp_auth.AuthRejected as exc:
+                self._auth_drops.refused(exc, dgram.source)
+                return
+            self._auth_drops.accepted(skew, self._auth.window, dgram.source)
         if advert.addresses != (self.vip.ip,):
             # RFC 5798 7.1: a mismatch is logged, the advert is still processed.
             self._mismatches.drop(

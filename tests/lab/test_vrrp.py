@@ -21,6 +21,7 @@ from tests.lab.test_vrrp_support import (
     VIP,
     Ours,
     Sampler,
+    auth_args,
     holders,
     start_ours,
     wait_for,
@@ -214,7 +215,16 @@ def test_bad_packets_are_dropped_and_logged_once(lab_factory: LabFactory) -> Non
 def test_speaker_refuses_a_missing_interface(lab_factory: LabFactory) -> None:
     lab = lab_factory(1)
     res = lab.machines[0].run(
-        [".venv/bin/python", "-m", "k3snoded.vrrp", "--interface", "nope0", "--vip", VIP],
+        [
+            ".venv/bin/python",
+            "-m",
+            "k3snoded.vrrp",
+            "--interface",
+            "nope0",
+            "--vip",
+            VIP,
+            *auth_args(lab.machines[0]),
+        ],
         check=False,
         timeout=20,
     )
@@ -283,3 +293,12 @@ def test_frozen_holder_loses_the_address_and_resolves_on_thaw(lab_factory: LabFa
     wait_for("the client following the holder", lambda: _client_mac_for_vip(client) == want.mac, 2)
     assert sampler.error is None
     assert overlap <= 2.5, f"two holders for {overlap:.3f} s while n1 was frozen"
+
+
+def test_authenticated_needs_the_token(lab_factory: LabFactory) -> None:
+    """The runner refuses to start without a token unless unauthenticated mode is asked for."""
+    lab = lab_factory(1)
+    argv = [".venv/bin/python", "-m", "k3snoded.vrrp", "--interface", "eth0", "--vip", VIP]
+    res = lab.machines[0].run(argv, check=False, timeout=20)
+    assert res.returncode == 1
+    assert "needs --token-file" in res.stderr

@@ -1,5 +1,7 @@
 """Interop with keepalived (Debian's 2.2.x, VRRPv3, same VRID, advert 0.1 s): the proof that we
-speak the protocol and not just to ourselves.
+speak the protocol and not just to ourselves. Debian's keepalived has no ``auth_hmac``, so these
+run our documented unauthenticated mode (``registration.vip.authentication: none``); the
+authenticated interop is in ``test_vrrp_interop_hmac.py``.
 
 Either side at the higher priority keeps the address and the other stays backup; stopping or
 killing either moves the address to the other; keepalived (which preempts) takes the address
@@ -43,7 +45,7 @@ def _complaints(ka: keepalived.Keepalived) -> list[str]:
 def test_ours_higher_keepalived_stays_backup_then_takes_over(lab_factory: LabFactory) -> None:
     lab = lab_factory(2)
     n1, n2 = lab.machines
-    ours = start_ours(n1, 150)
+    ours = start_ours(n1, 150, authenticated=False)
     wait_for("ours master", lambda: holders(lab.machines) == {"n1"}, timeout=10)
     with Sampler(lab.machines) as sampler:
         ka = keepalived.start(n2, _config(100))
@@ -67,7 +69,7 @@ def test_ours_higher_keepalived_stays_backup_then_takes_over(lab_factory: LabFac
         overlap = sampler.longest_overlap()
 
         # Ours comes back at 150 without preemption: stays backup behind keepalived's 100.
-        back = start_ours(n1, 150, tag="-b")
+        back = start_ours(n1, 150, tag="-b", authenticated=False)
         wait_for("ours in backup", lambda: back.state() == "backup", timeout=10)
         wait_for("ours learning keepalived", lambda: back.status().get("master") == n2.address)
         time.sleep(5 * ADVERT)
@@ -89,7 +91,7 @@ def test_keepalived_higher_ours_stays_backup_then_takes_over(lab_factory: LabFac
     ka = keepalived.start(n1, _config(150, state="MASTER"))
     wait_for("keepalived master", lambda: holders(lab.machines) == {"n1"}, timeout=10)
     with Sampler(lab.machines) as sampler:
-        ours = start_ours(n2, 100)
+        ours = start_ours(n2, 100, authenticated=False)
         wait_for("ours in backup", lambda: ours.state() == "backup", timeout=10)
         wait_for("ours learning keepalived", lambda: ours.status().get("master") == n1.address)
         time.sleep(1.0)
@@ -135,7 +137,7 @@ def test_unicast_with_keepalived(lab_factory: LabFactory) -> None:
     carries the unicast destination (keepalived >= 2.0 without old_unicast_checksum)."""
     lab = lab_factory(2)
     n1, n2 = lab.machines
-    ours = start_ours(n1, 150, "--unicast-peer", n2.address)
+    ours = start_ours(n1, 150, "--unicast-peer", n2.address, authenticated=False)
     wait_for("ours master", lambda: ours.state() == "master", timeout=10)
     cfg = keepalived.VrrpConfig(
         vip=f"{VIP}/24", priority=100, advert_int=ADVERT, unicast_peers=(n1.address,)
@@ -149,7 +151,7 @@ def test_unicast_with_keepalived(lab_factory: LabFactory) -> None:
         ours.signal(signal.SIGTERM)
         wait_for("keepalived taking over", lambda: holders(lab.machines) == {"n2"}, timeout=2)
         took = time.monotonic() - t0
-        back = start_ours(n1, 150, "--unicast-peer", n2.address, tag="-b")
+        back = start_ours(n1, 150, "--unicast-peer", n2.address, tag="-b", authenticated=False)
         wait_for("ours in backup", lambda: back.state() == "backup", timeout=10)
         wait_for("ours learning keepalived", lambda: back.status().get("master") == n2.address)
         time.sleep(5 * ADVERT)

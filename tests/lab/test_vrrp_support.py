@@ -26,6 +26,24 @@ from tests.lab.netns import Machine
 VIP = "198.18.0.100"
 PYTHON = ".venv/bin/python"
 ADVERT = 0.1
+CLUSTER = "lab"
+TOKEN = "lab-vrrp-token-3c1e9a7f52d04b86"  # the speakers' cluster token (the attacker lacks it)
+
+
+def token_file(machine: Machine) -> Path:
+    """The lab's token file (0600), shared by every speaker of the lab."""
+    path = machine.lab.workdir / "vrrp-token"
+    if not path.exists():
+        path.write_text(TOKEN + "\n")
+        path.chmod(0o600)
+    return path
+
+
+def auth_args(machine: Machine, authenticated: bool = True) -> list[str]:
+    """The runner's arguments for authenticated adverts (default) or the unauthenticated mode."""
+    if not authenticated:
+        return ["--authentication", "none"]
+    return ["--token-file", str(token_file(machine)), "--cluster", CLUSTER]
 
 
 @dataclass
@@ -69,15 +87,18 @@ def start_ours(
     *extra: str,
     vip: str = f"{VIP}/24",
     tag: str = "",
+    authenticated: bool = True,
 ) -> Ours:
-    """Spawn our speaker in machine (ended at lab teardown)."""
+    """Spawn our speaker in machine (ended at lab teardown); adverts authenticated unless
+    ``authenticated=False`` (the mode for keepalived without auth_hmac)."""
     base = machine.lab.workdir
     status = base / f"vrrp-{machine.name}{tag}.json"
     status.unlink(missing_ok=True)
     log_file = base / f"vrrp-{machine.name}{tag}.log"
     argv = [PYTHON, "-m", "k3snoded.vrrp", "--interface", machine.interface, "--vip", vip]
     argv += ["--priority", str(priority), "--advert-interval", str(ADVERT)]
-    argv += ["--status-file", str(status), "--log-level", "DEBUG", *extra]
+    argv += ["--status-file", str(status), "--log-level", "DEBUG"]
+    argv += [*auth_args(machine, authenticated), *extra]
     with log_file.open("ab") as log:
         proc = machine.spawn(argv, stdout=log, stderr=subprocess.STDOUT)
     return Ours(machine, proc, status, log_file)
@@ -175,6 +196,20 @@ class Sampler:
         with self._lock:
             times = [t for t, _ in self.samples]
         return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
+
+    def unheld(self, since: float = 0.0, among: Sequence[str] | None = None) -> float:
+        """Total seconds (from sample to sample) during which nobody in ``among`` (default:
+        every sampled machine) held the VIP."""
+        names = set(among) if among is not None else {m.name for m in self.machines}
+        with self._lock:
+            samples = [s for s in self.samples if s[0] >= since]
+        return sum(b[0] - a[0] for a, b in itertools.pairwise(samples) if not (a[1] & names))
+
+    def moves(self, since: float = 0.0) -> int:
+        """How often the set of holders changed (a takeover, a release, a second holder)."""
+        with self._lock:
+            samples = [s for s in self.samples if s[0] >= since]
+        return sum(1 for a, b in itertools.pairwise(samples) if a[1] != b[1])
 
     def ever_held_by(self, name: str) -> bool:
         with self._lock:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 
 import pytest
 from hypothesis import given, settings
@@ -111,16 +113,59 @@ def test_state_older_announcements_duplicates_goodbyes() -> None:
     assert "n1" not in mdns.peers()
     assert len(refused) == 1 and "duplicate node name" in refused[0][1]
     assert mdns.rejected[i1_other].endswith("duplicate node name")
-    # a goodbye removes the peer, and a later announcement brings it back
+    # a signed goodbye removes the peer at once; its last timestamp survives, so a replay of an
+    # older record cannot bring it back, while a newer one (the node restarting) does
     mdns.changed.clear()
-    mdns._goodbye(i2)
+    mdns._accept(i2, n2_server, NOW + 61, leaving=True)
     assert mdns.peers() == {}
     assert mdns.changed.is_set()
-    mdns._accept(i2, n2, NOW)  # accepted again: the goodbye forgot the last timestamp
+    mdns._accept(i2, n2, NOW + 30)
+    assert mdns.peers() == {}
+    mdns._accept(i2, n2, NOW + 62)
     assert mdns.peers() == {"n2": n2}
-    # a goodbye for an unknown instance changes nothing
-    mdns._goodbye("unknown._k3snoded._tcp.local.")
+    # a signed goodbye older than what we accepted is a replay: ignored
+    mdns._accept(i2, n2, NOW + 61, leaving=True)
     assert mdns.peers() == {"n2": n2}
+
+
+def test_a_record_under_another_instance_name_is_refused() -> None:
+    """A captured record replayed under a name of the attacker's choosing is not the node's."""
+    refused: list[tuple[str, str]] = []
+    mdns = MdnsDiscovery(KEY, "lab", "198.18.0.11", on_reject=lambda i, r: refused.append((i, r)))
+    n2 = Peer("n2", "lab", ("198.18.0.12",), 6480, Role.AGENT)
+    mdns._accept(f"replay-n2.{SERVICE_TYPE}", n2, NOW)
+    assert mdns.peers() == {}
+    assert refused and "does not match" in refused[0][1]
+    mdns._accept(instance_name("n2", "lab", "198.18.0.12"), n2, NOW)
+    assert mdns.peers() == {"n2": n2}
+
+
+async def test_an_unsigned_goodbye_is_confirmed_before_a_peer_is_dropped() -> None:
+    """Without a network the instance never answers: the goodbye is confirmed, after a delay;
+    a goodbye for an unknown instance changes nothing."""
+    mdns = MdnsDiscovery(KEY, "lab", "198.18.0.11")
+    n2 = Peer("n2", "lab", ("198.18.0.12",), 6480, Role.AGENT)
+    i2 = instance_name("n2", "lab", "198.18.0.12")
+    mdns._accept(i2, n2, NOW)
+    mdns._unverified_goodbye("unknown._k3snoded._tcp.local.")
+    mdns._unverified_goodbye(i2)
+    mdns._unverified_goodbye(i2)  # one confirmation at a time
+    assert mdns.peers() == {"n2": n2}, "dropped on an unverified packet"
+    assert len(mdns._tasks) == 1
+    await asyncio.wait_for(asyncio.gather(*mdns._tasks), 5)
+    assert mdns.peers() == {}
+    mdns._accept(i2, n2, NOW - 1)  # its last timestamp survived
+    assert mdns.peers() == {}
+
+
+def test_refused_instance_names_are_bounded(caplog: pytest.LogCaptureFixture) -> None:
+    mdns = MdnsDiscovery(KEY, "lab", "198.18.0.11")
+    caplog.set_level(logging.WARNING)
+    for i in range(5000):
+        mdns._reject(f"x{i}.{SERVICE_TYPE}", "unsigned record")
+    assert len(mdns.rejected) == 1024
+    assert f"x4999.{SERVICE_TYPE}" in mdns.rejected
+    assert len(caplog.records) <= 10, "a flood must not flood the log"
 
 
 @settings(max_examples=200)
