@@ -114,6 +114,13 @@ def _load_ca(server_dir: Path, stem: str) -> tuple[x509.Certificate, ec.Elliptic
     return cert, key
 
 
+def _authority_key_id(ca_cert: x509.Certificate) -> x509.AuthorityKeyIdentifier:
+    """The issuing CA's key identifier, which Go's ``x509.CreateCertificate`` copies into every
+    certificate a CA signs (real k3s's certificates carry it; strict verifiers require it)."""
+    ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+
+
 def issue_client(server_dir: Path, cn: str, org: str) -> tuple[bytes, bytes]:
     """A client certificate (PEM cert, PEM key) signed by the cluster's client CA."""
     ca_cert, ca_key = _load_ca(server_dir, "client-ca")
@@ -135,6 +142,7 @@ def issue_client(server_dir: Path, cn: str, org: str) -> tuple[bytes, bytes]:
         .not_valid_before(now - dt.timedelta(hours=1))
         .not_valid_after(now + dt.timedelta(days=365))
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(_authority_key_id(ca_cert), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
     return cert.public_bytes(serialization.Encoding.PEM), _pem_key(key)
@@ -200,6 +208,7 @@ def issue_serving(server_dir: Path, sans: list[str], cn: str = "k3s") -> Serving
         .not_valid_after(now + dt.timedelta(days=365))
         .add_extension(x509.SubjectAlternativeName(alt), critical=False)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(_authority_key_id(ca_cert), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
     crt_path = server_dir / "tls" / "serving-kube-apiserver.crt"
