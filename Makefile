@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test check lint typecheck unit dbs dbs-stop demo bench soak package clean
+.PHONY: setup test check lint typecheck unit sim dbs dbs-stop demo bench soak package clean
 
 setup:
 	@scripts/setup.sh
@@ -28,6 +28,13 @@ test: setup dbs lint typecheck
 
 unit: setup
 	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
+
+# The deterministic fleet simulator (tests/sim): SEEDS seeds from START; one failing seed is
+# replayed with its trace by `.venv/bin/python -m tests.sim --seed N`.
+SEEDS ?= 2000
+START ?= 0
+sim: setup
+	$(PY) -m tests.sim --seeds $(SEEDS) --start $(START)
 
 demo: setup
 	$(PY) -m tests.lab.demo $(DEMO_ARGS)

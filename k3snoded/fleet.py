@@ -18,8 +18,7 @@ import hashlib
 import hmac
 import logging
 import math
-import time
-from typing import Any
+from typing import Any, Protocol
 
 from k3snoded.config import Config, CoordinationConfig
 from k3snoded.datastore import (
@@ -34,9 +33,8 @@ from k3snoded.datastore.startup import prepare
 from k3snoded.election import ElectionInput, decide
 from k3snoded.errors import DatastoreError
 from k3snoded.model import Member, Role, RolePreference
-from k3snoded.peers import PeerBook
-from k3snoded.roles import RoleSource, Wanted, remembered_role
-from k3snoded.supervisor import ChildStatus, Supervisor
+from k3snoded.roles import ChildControl, RoleSource, Wanted, remembered_role
+from k3snoded.supervisor import ChildStatus
 from k3snoded.vip import VipKeeper
 
 log = logging.getLogger("k3snoded.fleet")
@@ -45,14 +43,28 @@ VERIFIER_FLAG = "fleet_verifier"  # a verifier of the fleet's cluster key (token
 FAST_CYCLE = 0.5  # seconds between cycles while the fleet converges
 
 
+class PeerView(Protocol):
+    """What the fleet loop needs from discovery (``peers.PeerBook``)."""
+
+    @property
+    def key(self) -> bytes: ...
+
+    def registration(self) -> str | None: ...
+
+
+def _now() -> float:
+    """The loop's clock: ``time.monotonic()`` in the daemon, virtual time in the simulator."""
+    return asyncio.get_running_loop().time()
+
+
 class FleetRoles(RoleSource):
     def __init__(
         self,
         cfg: Config,
-        supervisor: Supervisor,
+        supervisor: ChildControl,
         *,
         vip: VipKeeper,
-        peers: PeerBook,
+        peers: PeerView,
         datastore: Datastore | None = None,
     ) -> None:
         super().__init__(cfg, supervisor)
@@ -104,11 +116,11 @@ class FleetRoles(RoleSource):
         await self._preflight()
         interval = self.cfg.coordination.renew_interval
         while not self.left:
-            started = time.monotonic()
+            started = _now()
             try:
                 await self._cycle()
                 if self._ds_ok_since is None:
-                    self._ds_ok_since = time.monotonic()
+                    self._ds_ok_since = _now()
                 if self._outage_logged:
                     log.info("datastore reachable again; resuming coordination")
                     self._outage_logged = False
@@ -129,7 +141,7 @@ class FleetRoles(RoleSource):
             # At rest one cycle per renew interval (the statement budget); while converging,
             # a fast cycle, and a change of the local k3s wakes the loop at once.
             period = interval if self._at_rest() else min(FAST_CYCLE, interval)
-            elapsed = time.monotonic() - started
+            elapsed = _now() - started
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), max(0.05, period - elapsed))
@@ -171,7 +183,7 @@ class FleetRoles(RoleSource):
         return hmac.compare_digest(stored, mine)
 
     async def _cycle(self) -> None:
-        t0 = time.monotonic()
+        t0 = _now()
         child = self.supervisor.status
         rows = await self.ds.sync(
             MemberRecord(
@@ -184,7 +196,7 @@ class FleetRoles(RoleSource):
                 ready=child.ready,
             )
         )
-        self.counters["renew_seconds"] = time.monotonic() - t0
+        self.counters["renew_seconds"] = _now() - t0
         self.members = [r.member for r in rows]
         self.assigned = {r.member.name: r.assigned for r in rows if r.assigned is not None}
         if self.can_coordinate:
@@ -196,7 +208,7 @@ class FleetRoles(RoleSource):
 
     async def _coordinate(self) -> None:
         ttl = self.cfg.coordination.lease_ttl
-        now = time.monotonic()
+        now = _now()
         if lease_due(now - self._last_try, holder=self.is_coordinator, c=self.cfg.coordination):
             self._last_try = now  # taken before the statement: the lease is at least this new
             was = self.is_coordinator
@@ -243,7 +255,7 @@ class FleetRoles(RoleSource):
         demote every server at once (roles swapping after a loss)."""
         c = self.cfg.coordination
         grace = c.renew_interval + 2 * c.retry_timeout
-        watched = 0.0 if self._ds_ok_since is None else time.monotonic() - self._ds_ok_since
+        watched = 0.0 if self._ds_ok_since is None else _now() - self._ds_ok_since
         return c.dead_after if watched >= grace else math.inf
 
     async def _reconcile(self) -> None:

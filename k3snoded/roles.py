@@ -13,15 +13,17 @@ from __future__ import annotations
 import abc
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from k3snoded import k3s
 from k3snoded.atomic import read_json_state, write_json_state
 from k3snoded.config import Config
 from k3snoded.model import Role, RolePreference
 from k3snoded.peers import PeerBook
+from k3snoded.process import ChildSpec, ChildStatus
 from k3snoded.supervisor import Supervisor
 from k3snoded.vip import VipKeeper
 
@@ -37,10 +39,21 @@ class Wanted:
     reason: str = "starting"
 
 
+class ChildControl(Protocol):
+    """What a role source needs of the k3s child's supervisor (``supervisor.Supervisor``)."""
+
+    @property
+    def status(self) -> ChildStatus: ...
+
+    def want(self, spec: ChildSpec | None) -> None: ...
+
+    def on_change(self, cb: Callable[[ChildStatus], None]) -> None: ...
+
+
 class RoleSource(abc.ABC):
     """Decides this node's role and drives the supervisor to it (level-triggered)."""
 
-    def __init__(self, cfg: Config, supervisor: Supervisor) -> None:
+    def __init__(self, cfg: Config, supervisor: ChildControl) -> None:
         self.cfg = cfg
         self.supervisor = supervisor
         self.wanted = Wanted()
