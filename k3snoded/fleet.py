@@ -263,8 +263,8 @@ class FleetRoles(RoleSource):
         if mine is None:
             await self.apply(Wanted(Role.NONE, "", "waiting for the coordinator to assign a role"))
             return
-        registration = self._registration()
         if mine is Role.AGENT:
+            registration = self._agent_registration()
             if not registration:
                 await self.apply(
                     Wanted(Role.NONE, "", "agent, but no server is ready to register to")
@@ -272,7 +272,9 @@ class FleetRoles(RoleSource):
                 return
             await self.apply(Wanted(Role.AGENT, registration, "the coordinator assigned agent"))
             return
-        await self._reconcile_server(registration or self.cfg.node.address)
+        # A server's command line depends on this machine's config alone: --tls-san is the
+        # registration address (or nothing more than k3s's own names and node IP).
+        await self._reconcile_server(self.cfg.registration.address or self.cfg.node.address)
 
     async def _reconcile_server(self, registration: str) -> None:
         if self.bootstrapped_by is None:
@@ -335,9 +337,14 @@ class FleetRoles(RoleSource):
         self.left = True
         log.info("left the fleet: k3s stopped, member row removed; stop or disable the unit now")
 
-    def _registration(self) -> str:
+    def _agent_registration(self) -> str:
+        """Where an agent joins: the registration address; without one, the server it joined
+        when it started (a running agent follows the servers through k3s's own load balancer,
+        so it is not restarted when that server dies), else the first ready server."""
         if self.cfg.registration.address:
             return self.cfg.registration.address
+        if self.wanted.role is Role.AGENT and self.wanted.registration:
+            return self.wanted.registration
         ready = sorted(
             m.address
             for m in self.members

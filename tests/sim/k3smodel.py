@@ -18,7 +18,6 @@ the first ``want`` a child left by a previous daemon is kept.
 from __future__ import annotations
 
 import asyncio
-import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -29,7 +28,6 @@ from k3snoded.process import ChildSpec, ChildStatus
 if TYPE_CHECKING:
     from tests.sim.world import SimMachine
 
-_pids = itertools.count(1000)
 LEADER_ELECTION_LOSS = 15.0  # a real k3s server exits 255 this long after losing its datastore
 
 
@@ -77,7 +75,7 @@ class K3sHost:
         world = self.machine.world
         role = role_of(spec)
         proc = Proc(
-            next(_pids),
+            world.next_pid(),
             spec,
             role,
             world.now,
@@ -237,7 +235,7 @@ class SupervisorModel:
         if wanted is None:
             self._set(ChildState.STOPPED)
             return
-        if world.now < self._retry_at:
+        if self._retry_at - world.now > 1e-6:
             self._kick(self._retry_at - world.now)
             return
         proc = self.host.start(wanted)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -22,7 +23,7 @@ class Result:
     simulated: float  # seconds of virtual time
     machine_seconds: float  # simulated seconds x machines
     lines: int  # trace lines
-    digest: int  # hash of the trace, to compare runs of one seed
+    digest: str  # sha256 of the trace, to compare runs of one seed
 
 
 def run_seed(seed: int, *, keep_trace: bool = False) -> tuple[Result, str]:
@@ -36,12 +37,19 @@ def run_seed(seed: int, *, keep_trace: bool = False) -> tuple[Result, str]:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     trace = world.render() if keep_trace or violation else ""
-    digest = 0
+    digest = hashlib.sha256()
     for t, who, text in world.lines:
-        digest = hash((digest, round(t, 6), who, text.replace(str(workdir), "")))
+        digest.update(f"{t:.6f} {who} {text.replace(str(workdir), '')}\n".encode())
     simulated = world.now
     return (
-        Result(seed, violation, simulated, simulated * plan.machines, len(world.lines), digest),
+        Result(
+            seed,
+            violation,
+            simulated,
+            simulated * plan.machines,
+            len(world.lines),
+            digest.hexdigest(),
+        ),
         trace,
     )
 

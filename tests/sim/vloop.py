@@ -27,7 +27,11 @@ T = TypeVar("T")
 
 
 class Deadlock(RuntimeError):
-    """Nothing is ready and no timer is pending: the simulation cannot go on."""
+    """Nothing is ready and no timer is pending, or work never stops arriving at one instant
+    (a livelock): the simulation cannot go on."""
+
+
+SPINS_PER_INSTANT = 100_000  # loop iterations at one instant before it counts as a livelock
 
 
 class _Selector(selectors.BaseSelector):
@@ -75,12 +79,20 @@ class VirtualLoop(asyncio.SelectorEventLoop):
         self.now = start
         self.on_step: Callable[[float], None] | None = None
         self._clock_resolution = 1e-9
+        self._spins = 0
 
     def time(self) -> float:
         return self.now
 
+    def _run_once(self) -> None:
+        self._spins += 1
+        if self._spins > SPINS_PER_INSTANT:
+            raise Deadlock(f"livelock: {self._spins} iterations without time passing at {self.now}")
+        super()._run_once()  # type: ignore[misc]
+
     def advance(self) -> None:
         """Jump to the earliest pending timer (called when nothing else is ready)."""
+        self._spins = 0
         if self.on_step is not None:
             self.on_step(self.now)
         # _run_once has dropped cancelled timers from the head of the heap already.

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import itertools
 import logging
 import math
 import random
@@ -310,11 +311,15 @@ class World:
         for m, slow in zip(self.machines, plan.slow_stops, strict=True):
             m.host.slow_stop = slow
         self._writes_seen = 0
+        self._pids = itertools.count(1000)
         self._settle_logged = False
 
     @property
     def now(self) -> float:
         return self.loop.now - self.start
+
+    def next_pid(self) -> int:
+        return next(self._pids)
 
     # ---- trace ---------------------------------------------------------------------------------
     def trace(self, who: str, text: str, *, daemon: bool = False) -> None:
