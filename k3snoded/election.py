@@ -29,8 +29,14 @@ def _alive(m: Member, dead_after: float) -> bool:
 
 
 def _rank(m: Member, assigned: Mapping[str, Role]) -> tuple[int, int, int, str]:
-    """Lower sorts first: already a server, then pinned, then ready, then by name."""
-    already = 0 if (assigned.get(m.name) is Role.SERVER or m.role is Role.SERVER) else 1
+    """Lower sorts first: already a server, then pinned, then ready, then by name.
+
+    "Already a server" is the assignment when there is one: a server replaced while it was
+    frozen or cut off still runs k3s server when it comes back, and must not win its seat back
+    from its replacement. What a member runs counts only before any assignment (a fleet whose
+    roles are lost, or a coordinator's first decision)."""
+    mine = assigned.get(m.name)
+    already = 0 if (mine is Role.SERVER or (mine is None and m.role is Role.SERVER)) else 1
     pinned = 0 if m.preference is RolePreference.SERVER else 1
     ready = 0 if m.ready else 1
     return (already, pinned, ready, m.name)
@@ -39,7 +45,8 @@ def _rank(m: Member, assigned: Mapping[str, Role]) -> tuple[int, int, int, str]:
 def decide(inp: ElectionInput) -> Decision:
     """Keep ``count`` servers among eligible, live members; every other live member is an agent.
 
-    Preference order: machines that already are servers (assigned or running), then
+    Preference order: machines that already are servers (assigned, or running when not yet
+    assigned), then
     ``role: server`` pins, then ready ones, then a stable order by name. A dead server (heartbeat
     older than ``dead_after``) is replaced and reassigned the agent role, so when it returns it
     takes whatever role the fleet needs instead of making one server too many.

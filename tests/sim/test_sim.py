@@ -26,6 +26,7 @@ REGRESSIONS = {
     1: "a server's --tls-san followed the lowest ready peer: k3s restarted when a peer got ready",
     2: "an agent without registration.address was stopped when its server died",
     41: "an agent's --server followed the lowest ready server: restarted on a failover",
+    81: "a server replaced during a slow datastore took its seat back (it still ran a server)",
 }
 
 

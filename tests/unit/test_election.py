@@ -88,6 +88,24 @@ CASES = [
         id="count-lowered",
     ),
     pytest.param(
+        # "a" was replaced while frozen/partitioned and comes back still running its server:
+        # its assignment (agent) counts, not what it runs, so it does not take its seat back.
+        [m("a", role=S, ready=True), m("b", role=S, ready=True), m("c", role=S, ready=True)],
+        {"a": A, "b": S, "c": S},
+        2,
+        {"a": A, "b": S, "c": S},
+        "kept servers b, c",
+        id="returning-server-does-not-take-its-seat-back",
+    ),
+    pytest.param(
+        [m("a", role=S, ready=True), m("b")],
+        {},
+        1,
+        {"a": S, "b": A},
+        "elected servers a",
+        id="running-role-counts-without-an-assignment",
+    ),
+    pytest.param(
         [m("a"), m("b", age=60)],
         {"a": S, "b": A},
         2,
