@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import logging
-import math
 from typing import Any, Protocol
 
 from k3snoded.config import Config, CoordinationConfig
@@ -27,6 +27,7 @@ from k3snoded.datastore import (
     COORDINATOR_LEASE,
     Datastore,
     MemberRecord,
+    MemberRow,
     open_datastore,
 )
 from k3snoded.datastore.startup import prepare
@@ -85,7 +86,9 @@ class FleetRoles(RoleSource):
         self._outage_logged = False
         self._last_try = 0.0
         self._wake = asyncio.Event()
-        self._ds_ok_since: float | None = None  # start of the current run of good cycles
+        # Per member: its last heartbeat stamp and when (local monotonic time) we first saw it.
+        self._seen: dict[str, tuple[float, float]] = {}
+        self._blind = True  # no good read since start-up or since the last failed cycle
         supervisor.on_change(self._child_changed)
 
     def _child_changed(self, status: ChildStatus) -> None:
@@ -119,8 +122,6 @@ class FleetRoles(RoleSource):
             started = _now()
             try:
                 await self._cycle()
-                if self._ds_ok_since is None:
-                    self._ds_ok_since = _now()
                 if self._outage_logged:
                     log.info("datastore reachable again; resuming coordination")
                     self._outage_logged = False
@@ -134,7 +135,7 @@ class FleetRoles(RoleSource):
                     )
                     self._outage_logged = True
                 self.is_coordinator = False
-                self._ds_ok_since = None
+                self._blind = True
             await self.vip.ensure(
                 run=self.wanted.role is Role.SERVER, healthy=self.supervisor.status.ready
             )
@@ -197,7 +198,7 @@ class FleetRoles(RoleSource):
             )
         )
         self.counters["renew_seconds"] = _now() - t0
-        self.members = [r.member for r in rows]
+        self.members = self._observe(rows)
         self.assigned = {r.member.name: r.assigned for r in rows if r.assigned is not None}
         if self.can_coordinate:
             await self._coordinate()
@@ -226,7 +227,7 @@ class FleetRoles(RoleSource):
                 members=self.members,
                 assigned=self.assigned,
                 count=self.cfg.servers.count,
-                dead_after=self._dead_after(),
+                dead_after=self.cfg.coordination.dead_after,
             )
         )
         if d.roles != self.assigned:
@@ -249,14 +250,24 @@ class FleetRoles(RoleSource):
         lease = await self.ds.lease(COORDINATOR_LEASE)
         self.coordinator = lease.holder if lease else None
 
-    def _dead_after(self) -> float:
-        """Silence means death only once every member could have written a heartbeat while we
-        watched: right after a datastore outage every heartbeat is old, and judging then would
-        demote every server at once (roles swapping after a loss)."""
-        c = self.cfg.coordination
-        grace = c.renew_interval + 2 * c.retry_timeout
-        watched = 0.0 if self._ds_ok_since is None else _now() - self._ds_ok_since
-        return c.dead_after if watched >= grace else math.inf
+    def _observe(self, rows: list[MemberRow]) -> list[Member]:
+        """The members with ``heartbeat_age`` = local monotonic time since their heartbeat
+        stamp last changed. The database clock only stamps heartbeats; whether a member is
+        alive never depends on its rate or its steps (a forward step made every member but the
+        writer look dead at once; a backward one kept the dead alive). After a failed cycle (an
+        outage, or at start-up) nobody was watched, so every member gets a full ``dead_after``
+        again: judging right after an outage would demote every server at once."""
+        now = _now()
+        seen: dict[str, tuple[float, float]] = {}
+        out = []
+        for r in rows:
+            name = r.member.name
+            prev = self._seen.get(name)
+            since = prev[1] if prev and prev[0] == r.stamp and not self._blind else now
+            seen[name] = (r.stamp, since)
+            out.append(dataclasses.replace(r.member, heartbeat_age=now - since))
+        self._seen, self._blind = seen, False
+        return out
 
     async def _reconcile(self) -> None:
         mine = self.assigned.get(self.me)

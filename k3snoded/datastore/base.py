@@ -45,11 +45,15 @@ class MemberRow:
     """One member as read back: the ``Member`` value plus the role the coordinator assigned.
 
     ``assigned`` is ``None`` until a coordinator has written a decision naming this member.
+    ``stamp`` is the stored time of its last heartbeat on the database's clock: it changes with
+    every heartbeat and never otherwise, so a reader can tell "wrote since I last looked" without
+    trusting the database clock's rate (compare stamps; never subtract one from a node's clock).
     """
 
     member: Member
     assigned: Role | None = None
     k3s_version: str = ""
+    stamp: float = 0.0
 
 
 class Datastore(abc.ABC):
@@ -98,7 +102,8 @@ class Datastore(abc.ABC):
     @abc.abstractmethod
     async def members(self) -> list[MemberRow]:
         """Every member row (one statement), ordered by name, with ``heartbeat_age`` =
-        database now - ``updated_at`` in seconds, and the assigned role."""
+        database now - ``updated_at`` in seconds, the heartbeat's ``stamp`` and the assigned
+        role."""
 
     async def sync(self, rec: MemberRecord) -> list[MemberRow]:
         """``heartbeat(rec)`` then ``members()``: the whole at-rest cycle of a node.

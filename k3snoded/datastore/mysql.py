@@ -143,7 +143,8 @@ class MysqlDialect(Dialect):
             f"INSERT INTO k3snoded_leases (name, holder, expires_at) VALUES (?, ?, {self.now} + ?) "
             "ON DUPLICATE KEY UPDATE "
             "holder = IF(holder = VALUES(holder) "
-            f"OR expires_at <= {self.now}, VALUES(holder), holder), "
+            f"OR expires_at <= {self.now} OR expires_at > VALUES(expires_at), "
+            "VALUES(holder), holder), "
             "expires_at = IF(holder = VALUES(holder), VALUES(expires_at), expires_at)"
         )
 

@@ -98,12 +98,17 @@ class Dialect(abc.ABC):
         )
 
     def lease_upsert(self) -> str:
-        """The lease statement; parameters (name, holder, ttl); row count > 0 means held."""
+        """The lease statement; parameters (name, holder, ttl); row count > 0 means held.
+
+        Taken when free, expired, ours, or void: expiring later than a fresh lease would
+        (``now + ttl``) only happens when the database clock stepped back, and must not keep a
+        dead holder's lease for the length of the step."""
         return (
             f"INSERT INTO {LEASES} (name, holder, expires_at) VALUES (?, ?, {self.now} + ?) "
             "ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, "
             "expires_at = excluded.expires_at "
-            f"WHERE {LEASES}.holder = excluded.holder OR {LEASES}.expires_at <= {self.now}"
+            f"WHERE {LEASES}.holder = excluded.holder OR {LEASES}.expires_at <= {self.now} "
+            f"OR {LEASES}.expires_at > excluded.expires_at"
         )
 
     @abc.abstractmethod
@@ -123,7 +128,7 @@ def _enum(kind: type[Role] | type[RolePreference], value: str, default: Any) -> 
 
 
 def _row(r: Sequence[Any]) -> MemberRow:
-    name, address, api_port, preference, eligible, role, ready, version, assigned, age = r
+    name, address, api_port, preference, eligible, role, ready, version, assigned, age, stamp = r
     member = Member(
         name=str(name),
         address=str(address),
@@ -135,7 +140,9 @@ def _row(r: Sequence[Any]) -> MemberRow:
         api_port=int(api_port),
     )
     assigned_role = None if assigned is None else _enum(Role, str(assigned), None)
-    return MemberRow(member=member, assigned=assigned_role, k3s_version=str(version))
+    return MemberRow(
+        member=member, assigned=assigned_role, k3s_version=str(version), stamp=float(stamp)
+    )
 
 
 class SqlDatastore(Datastore):
@@ -148,7 +155,7 @@ class SqlDatastore(Datastore):
         self._long = 4 * retry_timeout + 1.0  # preflight and ensure_schema: several statements
         now = dialect.now
         self._members_sql = (
-            f"SELECT {', '.join(MEMBER_COLUMNS)}, assigned, {now} - updated_at "
+            f"SELECT {', '.join(MEMBER_COLUMNS)}, assigned, {now} - updated_at, updated_at "
             f"FROM {MEMBERS} ORDER BY name"
         )
         self._heartbeat_sql = dialect.upsert(
@@ -246,9 +253,10 @@ class SqlDatastore(Datastore):
             return await super().sync(rec)
         cols = ", ".join(MEMBER_COLUMNS)
         sql = (
-            f"WITH me AS ({self._heartbeat_sql} RETURNING {cols}, assigned) "
-            f"SELECT {cols}, assigned, 0.0 FROM me UNION ALL "
-            f"SELECT {cols}, assigned, {self.dialect.now} - updated_at FROM {MEMBERS} "
+            f"WITH me AS ({self._heartbeat_sql} RETURNING {cols}, assigned, updated_at) "
+            f"SELECT {cols}, assigned, 0.0, updated_at FROM me UNION ALL "
+            f"SELECT {cols}, assigned, {self.dialect.now} - updated_at, updated_at "
+            f"FROM {MEMBERS} "
             "WHERE name <> ? ORDER BY name"
         )
 

@@ -18,7 +18,7 @@ from cryptography.x509.oid import NameOID
 
 from k3snoded.datastore import COORDINATOR_LEASE, prepare
 from k3snoded.errors import DatastoreRejected, DatastoreUnavailable
-from tests.contract.conftest import Target, free_port, fresh_name, no_sqlite, record
+from tests.contract.conftest import Target, free_port, fresh_name, no_memory, no_sqlite, record
 from tests.contract.proxy import Proxy
 
 pytestmark = pytest.mark.db
@@ -28,6 +28,7 @@ pytestmark = pytest.mark.db
 
 
 async def test_preflight_ok(target: Target) -> None:
+    no_memory(target)
     ds = target.open()
     await ds.preflight()
     if not target.is_sqlite:
@@ -57,6 +58,7 @@ async def test_preflight_wrong_password_is_rejected_naming_auth(target: Target) 
 
 
 async def test_preflight_creates_a_missing_database(target: Target) -> None:
+    no_memory(target)
     name = fresh_name() if not target.is_sqlite else target.database
     if not target.is_sqlite:
         target.created.append(name)  # dropped at teardown

@@ -242,7 +242,9 @@ class Server:
                 heartbeat_age=max(0.0, now - row.updated_at),
                 api_port=r.api_port,
             )
-            out.append(MemberRow(member=member, assigned=row.assigned, k3s_version=r.k3s_version))
+            out.append(
+                MemberRow(member, row.assigned, k3s_version=r.k3s_version, stamp=row.updated_at)
+            )
         return out
 
     def holds(self, name: str, holder: str) -> bool:
@@ -252,7 +254,7 @@ class Server:
     def take_lease(self, name: str, holder: str, ttl: float) -> bool:
         now = self.now()
         lease = self.leases.get(name)
-        if lease is not None and lease[0] != holder and lease[1] > now:
+        if lease is not None and lease[0] != holder and now < lease[1] <= now + ttl:
             return False
         if name == COORDINATOR_LEASE and (lease is None or lease[0] != holder):
             self.epoch += 1

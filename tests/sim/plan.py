@@ -7,6 +7,7 @@ start times) from the same seed in an order fixed by the virtual clock.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 
@@ -39,7 +40,9 @@ class Fault:
 
     def describe(self) -> str:
         what = {
-            "crash": f"machine crash, back after {self.duration:.1f} s",
+            "crash": f"machine crash, back after {self.duration:.1f} s"
+            if math.isfinite(self.duration)
+            else "machine crash, never back",
             "freeze": f"machine frozen (SIGSTOP) for {self.duration:.1f} s",
             "daemon_kill": "k3snoded SIGKILLed, restarted 5 s later",
             "daemon_restart": "k3snoded stopped and started again (systemctl restart)",
@@ -74,7 +77,12 @@ class Plan:
 
     @property
     def faults_end(self) -> float:
-        ends = [f.at + f.duration + (5.0 if f.kind == "daemon_kill" else 0.0) for f in self.faults]
+        ends = [
+            f.at
+            if math.isinf(f.duration)
+            else f.at + f.duration + (5.0 * (f.kind == "daemon_kill"))
+            for f in self.faults
+        ]
         return max([FAULT_START, *ends])
 
     @property
@@ -165,7 +173,7 @@ def make_plan(seed: int) -> Plan:
 def _fault(rng: random.Random, kind: str, at: float, n: int) -> Fault:
     one = rng.randrange(n)
     if kind == "crash":
-        return Fault(at, kind, one, rng.uniform(5.0, 60.0))
+        return Fault(at, kind, one, rng.uniform(5.0, 60.0) if rng.random() < 0.8 else math.inf)
     if kind == "freeze":
         return Fault(at, kind, one, rng.uniform(2.0, 40.0))
     if kind in ("daemon_kill", "daemon_restart"):

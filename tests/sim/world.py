@@ -463,6 +463,9 @@ class World:
         self.trace(m.name if m else "sim", f"fault: {f.describe()}")
         if f.kind == "crash" and m and m.alive:
             m.crash()
+            if math.isinf(f.duration):
+                self.trace(m.name, "fault over: the machine stays dead")
+                return
             await asyncio.sleep(f.duration)
             m.boot()
         elif f.kind == "freeze" and m and m.alive:
