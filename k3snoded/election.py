@@ -8,8 +8,9 @@ from swapping back and forth.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from k3snoded.model import Decision, Member, Role, RolePreference
 
@@ -22,14 +23,20 @@ class ElectionInput:
     assigned: Mapping[str, Role]
     count: int
     dead_after: float
+    # Seconds each assigned server has gone without a ready k3s, as the coordinator watched;
+    # one past ``unready_after`` (k3s.ready_timeout) loses its seat to a ready machine.
+    unready: Mapping[str, float] = field(default_factory=dict)
+    unready_after: float = math.inf
 
 
 def _alive(m: Member, dead_after: float) -> bool:
     return m.heartbeat_age <= dead_after
 
 
-def _rank(m: Member, assigned: Mapping[str, Role]) -> tuple[int, int, int, str]:
-    """Lower sorts first: already a server, then pinned, then ready, then by name.
+def _rank(
+    m: Member, assigned: Mapping[str, Role], failing: set[str]
+) -> tuple[int, int, int, int, str]:
+    """Lower sorts first: not failing, already a server, then pinned, then ready, then by name.
 
     "Already a server" is the assignment when there is one: a server replaced while it was
     frozen or cut off still runs k3s server when it comes back, and must not win its seat back
@@ -39,7 +46,7 @@ def _rank(m: Member, assigned: Mapping[str, Role]) -> tuple[int, int, int, str]:
     already = 0 if (mine is Role.SERVER or (mine is None and m.role is Role.SERVER)) else 1
     pinned = 0 if m.preference is RolePreference.SERVER else 1
     ready = 0 if m.ready else 1
-    return (already, pinned, ready, m.name)
+    return (1 if m.name in failing else 0, already, pinned, ready, m.name)
 
 
 def decide(inp: ElectionInput) -> Decision:
@@ -53,7 +60,10 @@ def decide(inp: ElectionInput) -> Decision:
     """
     live = [m for m in inp.members if _alive(m, inp.dead_after)]
     dead = {m.name for m in inp.members if not _alive(m, inp.dead_after)}
-    eligible = sorted((m for m in live if m.eligible), key=lambda m: _rank(m, inp.assigned))
+    failing = _failing(inp, live)
+    eligible = sorted(
+        (m for m in live if m.eligible), key=lambda m: _rank(m, inp.assigned, failing)
+    )
     servers = [m.name for m in eligible[: max(inp.count, 0)]]
     roles: dict[str, Role] = {m.name: Role.AGENT for m in live}
     for name in servers:
@@ -63,10 +73,27 @@ def decide(inp: ElectionInput) -> Decision:
             roles[name] = Role.AGENT
         elif name in inp.assigned:
             roles[name] = inp.assigned[name]
-    return Decision(roles=roles, reason=_explain(inp, servers, dead))
+    return Decision(roles=roles, reason=_explain(inp, servers, dead, failing))
 
 
-def _explain(inp: ElectionInput, servers: list[str], dead: set[str]) -> str:
+def _failing(inp: ElectionInput, live: list[Member]) -> set[str]:
+    """Servers whose k3s has not been ready for ``unready_after``, when another machine could
+    take the seat: a ready eligible one, or, when no server is ready at all (so no agent can be
+    ready either), any eligible one: the seat goes round until a k3s comes up."""
+    failing = {
+        m.name
+        for m in live
+        if inp.assigned.get(m.name) is Role.SERVER
+        and not m.ready
+        and inp.unready.get(m.name, 0.0) >= inp.unready_after
+    }
+    others = [m for m in live if m.eligible and inp.assigned.get(m.name) is not Role.SERVER]
+    none_ready = not any(m.ready for m in live if inp.assigned.get(m.name) is Role.SERVER)
+    standby = any(m.ready for m in others) or (none_ready and bool(others))
+    return failing if standby else set()
+
+
+def _explain(inp: ElectionInput, servers: list[str], dead: set[str], failing: set[str]) -> str:
     before = {n for n, r in inp.assigned.items() if r is Role.SERVER}
     added = [n for n in servers if n not in before]
     removed = sorted(before - set(servers))
@@ -76,8 +103,19 @@ def _explain(inp: ElectionInput, servers: list[str], dead: set[str]) -> str:
     else:
         if added:
             parts.append(f"promoted {', '.join(added)} to server")
+        members = {m.name: m for m in inp.members}
         for n in removed:
-            why = "its heartbeat stopped" if n in dead else "servers.count is lower"
+            if n in dead:
+                why = "its heartbeat stopped"
+            elif n in failing:
+                why = (
+                    f"its k3s has not been ready for {inp.unready.get(n, 0.0):.0f} s "
+                    "(k3s.ready_timeout) and a ready machine can take its seat"
+                )
+            elif n in members and not members[n].eligible:
+                why = "it may no longer be a server (leaving, or node.role agent)"
+            else:
+                why = f"servers.count is lower ({inp.count})"
             parts.append(f"demoted {n} because {why}")
     if len(servers) < inp.count:
         parts.append(

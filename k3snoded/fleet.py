@@ -33,7 +33,7 @@ from k3snoded.datastore import (
 from k3snoded.datastore.startup import prepare
 from k3snoded.election import ElectionInput, decide
 from k3snoded.errors import DatastoreError
-from k3snoded.model import Member, Role, RolePreference
+from k3snoded.model import ChildState, Member, Role, RolePreference
 from k3snoded.roles import ChildControl, RoleSource, Wanted, remembered_role
 from k3snoded.supervisor import ChildStatus
 from k3snoded.vip import VipKeeper
@@ -88,12 +88,23 @@ class FleetRoles(RoleSource):
         self._wake = asyncio.Event()
         # Per member: its last heartbeat stamp and when (local monotonic time) we first saw it.
         self._seen: dict[str, tuple[float, float]] = {}
+        self._unready_since: dict[str, float] = {}  # assigned servers seen without a ready k3s
         self._blind = True  # no good read since start-up or since the last failed cycle
+        # The bootstrap lease (D2): ours until this local time; no k3s before _boot_wait_until;
+        # no attempt before _boot_pause_until (after our k3s failed to come up).
+        self._boot_until: float | None = None
+        self._boot_wait_until = 0.0
+        self._boot_pause_until = 0.0
+        self._boot_failed = False
+        self._fence_timer: asyncio.TimerHandle | None = None
         supervisor.on_change(self._child_changed)
 
     def _child_changed(self, status: ChildStatus) -> None:
         """k3s became ready (or stopped being): act now, not at the next cycle."""
         self.vip.health(status.ready)
+        bootstrapping = self.bootstrapped_by is None and self._boot_until is not None
+        if bootstrapping and self.wanted.role is Role.SERVER and status.state is ChildState.BACKOFF:
+            self._boot_failed = True  # exited, or not ready within k3s.ready_timeout
         self._wake.set()
 
     def _at_rest(self) -> bool:
@@ -228,6 +239,8 @@ class FleetRoles(RoleSource):
                 assigned=self.assigned,
                 count=self.cfg.servers.count,
                 dead_after=self.cfg.coordination.dead_after,
+                unready=self._unready(),
+                unready_after=self.cfg.k3s.ready_timeout,
             )
         )
         if d.roles != self.assigned:
@@ -250,6 +263,17 @@ class FleetRoles(RoleSource):
         lease = await self.ds.lease(COORDINATOR_LEASE)
         self.coordinator = lease.holder if lease else None
 
+    def _unready(self) -> dict[str, float]:
+        """Seconds each assigned server has been seen without a ready k3s (reset by an
+        outage, like heartbeats: nobody was watched)."""
+        now = _now()
+        since = {}
+        for m in self.members:
+            if self.assigned.get(m.name) is Role.SERVER and not m.ready:
+                since[m.name] = self._unready_since.get(m.name, now)
+        self._unready_since = since
+        return {name: now - t for name, t in since.items()}
+
     def _observe(self, rows: list[MemberRow]) -> list[Member]:
         """The members with ``heartbeat_age`` = local monotonic time since their heartbeat
         stamp last changed. The database clock only stamps heartbeats; whether a member is
@@ -266,6 +290,8 @@ class FleetRoles(RoleSource):
             since = prev[1] if prev and prev[0] == r.stamp and not self._blind else now
             seen[name] = (r.stamp, since)
             out.append(dataclasses.replace(r.member, heartbeat_age=now - since))
+        if self._blind:
+            self._unready_since.clear()
         self._seen, self._blind = seen, False
         return out
 
@@ -292,24 +318,94 @@ class FleetRoles(RoleSource):
             flags = await self.ds.flags()
             self.bootstrapped_by = flags.get(BOOTSTRAPPED_FLAG)
         if self.bootstrapped_by is not None:
+            self._boot_until = None
             await self.apply(Wanted(Role.SERVER, registration, "the coordinator assigned server"))
             return
-        ttl = self.cfg.coordination.lease_ttl
-        if await self.ds.try_lease(BOOTSTRAP_LEASE, self.me, ttl):
-            if self.supervisor.status.ready and self.wanted.role is Role.SERVER:
-                await self.ds.set_flag(BOOTSTRAPPED_FLAG, self.me)
-                await self.ds.release_lease(BOOTSTRAP_LEASE, self.me)
-                self.bootstrapped_by = self.me
-                log.info("bootstrapped the cluster; other servers may start now")
+        await self._bootstrap(registration)
+
+    async def _bootstrap(self, registration: str) -> None:
+        """The first server starts alone (D2), and the bootstrap lease fences it: its holder
+        stops its unbootstrapped k3s when it cannot renew in time (``_fence``), a new holder
+        that took the lease over from another waits until that one's k3s is surely gone, and a
+        holder whose k3s fails to come up lets someone else try."""
+        c, k3s_cfg = self.cfg.coordination, self.cfg.k3s
+        now = _now()
+        if now < self._boot_pause_until:
+            await self._stop_bootstrapping("its k3s failed to start; letting another server try")
+            return
+        holding = self._boot_until is not None
+        prior = None if holding else await self.ds.last_holder(BOOTSTRAP_LEASE)
+        before = _now()
+        if not await self.ds.try_lease(BOOTSTRAP_LEASE, self.me, c.lease_ttl):
+            self._boot_until = None
+            lease = await self.ds.lease(BOOTSTRAP_LEASE)
+            holder = lease.holder if lease else "another server"
+            await self._stop_bootstrapping(f"waiting for {holder} to bootstrap the cluster first")
+            return
+        if not holding and prior not in (None, self.me):
+            wait = c.lease_ttl + k3s_cfg.stop_timeout
+            self._boot_wait_until = _now() + wait
+            log.warning(
+                "took the bootstrap lease over from %s, which did not release it: waiting %.0f s "
+                "for its unbootstrapped k3s to be stopped before starting ours",
+                prior,
+                wait,
+            )
+        self._boot_until = before + c.lease_ttl
+        self._arm_fence()
+        if self._boot_failed:
+            self._boot_failed = False
+            self._boot_pause_until = _now() + k3s_cfg.ready_timeout
+            log.warning("k3s did not come up as the first server: letting another server try")
+            await self._stop_bootstrapping("its k3s failed to start; letting another server try")
+            return
+        if _now() < self._boot_wait_until:
             await self.apply(
-                Wanted(Role.SERVER, registration, "bootstrapping the cluster (first server)")
+                Wanted(Role.NONE, "", f"waiting out {prior}'s attempt to bootstrap the cluster")
             )
             return
-        lease = await self.ds.lease(BOOTSTRAP_LEASE)
-        holder = lease.holder if lease else "another server"
+        if self.supervisor.status.ready and self.wanted.role is Role.SERVER:
+            await self.ds.set_flag(BOOTSTRAPPED_FLAG, self.me)
+            await self.ds.release_lease(BOOTSTRAP_LEASE, self.me)
+            self.bootstrapped_by = self.me
+            self._boot_until = None
+            log.info("bootstrapped the cluster; other servers may start now")
         await self.apply(
-            Wanted(Role.NONE, "", f"waiting for {holder} to bootstrap the cluster first")
+            Wanted(Role.SERVER, registration, "bootstrapping the cluster (first server)")
         )
+
+    async def _stop_bootstrapping(self, reason: str) -> None:
+        """Not (or no longer) the first server: no k3s until the cluster is bootstrapped. A
+        lease we still hold is released once our k3s is gone, so the next one need not wait."""
+        await self.apply(Wanted(Role.NONE, "", reason))
+        if self._boot_until is not None and self.supervisor.status.pid is None:
+            self._boot_until = None
+            await self.ds.release_lease(BOOTSTRAP_LEASE, self.me)
+
+    def _arm_fence(self) -> None:
+        if self._fence_timer is not None:
+            self._fence_timer.cancel()
+        if self._boot_until is not None:
+            loop = asyncio.get_running_loop()
+            self._fence_timer = loop.call_at(self._boot_until, self._fence)
+
+    def _fence(self) -> None:
+        """The bootstrap lease may have expired (no renewal went through in a TTL): stop an
+        unbootstrapped k3s at once, whatever the loop is waiting for."""
+        self._fence_timer = None
+        if self.bootstrapped_by is not None or self._boot_until is None:
+            return
+        if _now() < self._boot_until:
+            self._arm_fence()
+            return
+        self._boot_until = None
+        if self.wanted.role is Role.SERVER:
+            log.warning(
+                "could not renew the bootstrap lease within its TTL: stopping the unbootstrapped "
+                "k3s so that another server can bootstrap the cluster"
+            )
+            self.wanted = Wanted(Role.NONE, "", "lost the bootstrap lease: k3s stopped")
+            self.supervisor.want(None)
 
     # ---- leaving the fleet on purpose (k3snoded leave) --------------------------------------
     async def leave(self) -> None:

@@ -142,6 +142,12 @@ class Datastore(abc.ABC):
         the lease is free or expired."""
 
     @abc.abstractmethod
+    async def last_holder(self, name: str) -> str | None:
+        """The holder recorded in lease ``name``'s row, expired or not; None when there is no
+        row (never taken, or released). One statement. A new holder uses it to know whether it
+        took the lease over from someone who did not release it."""
+
+    @abc.abstractmethod
     async def set_flag(self, name: str, value: str) -> None:
         """Set a cluster-wide flag (upsert), e.g. ``bootstrapped`` = the first server's name."""
 

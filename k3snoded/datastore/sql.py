@@ -317,6 +317,14 @@ class SqlDatastore(Datastore):
 
         return await self._session.run(read)
 
+    async def last_holder(self, name: str) -> str | None:
+        def read(cur: CountingCursor) -> str | None:
+            cur.execute(f"SELECT holder FROM {LEASES} WHERE name = ?", (name,))
+            rows = cur.fetchall()
+            return str(rows[0][0]) if rows else None
+
+        return await self._session.run(read)
+
     async def set_flag(self, name: str, value: str) -> None:
         await self._session.run(lambda cur: cur.execute(self._flag_sql, (name, value)))
 

@@ -181,6 +181,19 @@ async def test_lease_renew_expiry_and_release(target: Target) -> None:
     assert await a.try_lease("bootstrap", "node-a", 5.0)
 
 
+async def test_last_holder_outlives_expiry_not_release(target: Target) -> None:
+    a, b = await ready(target), await ready(target)
+    assert await b.last_holder("bootstrap") is None
+    assert await a.try_lease("bootstrap", "node-a", 0.3)
+    await asyncio.sleep(0.5)
+    assert await b.lease("bootstrap") is None  # expired
+    assert await b.last_holder("bootstrap") == "node-a"  # but its row says who had it
+    assert await b.try_lease("bootstrap", "node-b", 5.0)
+    assert await a.last_holder("bootstrap") == "node-b"
+    await b.release_lease("bootstrap", "node-b")
+    assert await a.last_holder("bootstrap") is None
+
+
 async def test_a_lease_beyond_a_full_ttl_is_void(target: Target) -> None:
     """A lease that expires later than a fresh one would is the mark of a database clock that
     stepped back: it must not keep a dead holder's lease for the length of the step."""

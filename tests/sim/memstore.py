@@ -451,6 +451,14 @@ class MemoryDatastore(Datastore):
         found: Lease | None = await self._one(read)
         return found
 
+    async def last_holder(self, name: str) -> str | None:
+        def read(s: Server, c: Conn) -> str | None:
+            lease = s.leases.get(name)
+            return lease[0] if lease is not None else None
+
+        found: str | None = await self._one(read)
+        return found
+
     async def set_flag(self, name: str, value: str) -> None:
         await self._one(lambda s, c: s.flags.__setitem__(name, value), frozenset({f"flag:{name}"}))
 

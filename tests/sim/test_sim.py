@@ -29,6 +29,10 @@ REGRESSIONS = {
     81: "a server replaced during a slow datastore took its seat back (it still ran a server)",
     6: "a forward step of the database clock made every member but the coordinator look dead",
     40: "a forward step of the database clock demoted two live servers at once",
+    22: "the bootstrap holder, cut off, kept its unbootstrapped k3s while another bootstrapped",
+    24: "a clock step expired the bootstrap lease: a second server started its first start",
+    61: "a server whose k3s never became ready kept its seat while ready agents waited",
+    21: "the only server crash-looped; agents cannot be ready without it, so nobody replaced it",
 }
 
 
@@ -136,3 +140,16 @@ def test_a_backward_clock_step_does_not_keep_a_dead_coordinator(tmp_path: Path) 
     )
     world = run_plan(plan, tmp_path / "b")
     assert world.violation is None, world.render()
+
+
+def test_a_first_server_that_never_gets_ready_does_not_hold_the_bootstrap_forever(
+    tmp_path: Path,
+) -> None:
+    """m1 boots first and takes the bootstrap lease, but its k3s never becomes ready: it must
+    let go (after k3s.ready_timeout) so that another server bootstraps the cluster."""
+    plan = calm(boot_at=(0.0, 5.0, 6.0), k3s_faults=("never_ready", "none", "none"))
+    world = run_plan(plan, tmp_path)
+    assert world.violation is None, world.render()
+    assert world.server.cluster_ca in ("m2", "m3"), world.render()
+    first = next(t for t, who, text in world.lines if "bootstrapping the cluster" in text)
+    assert first < 10.0 and any("k3s failed to start" in text for _, _, text in world.lines)

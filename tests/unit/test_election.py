@@ -129,6 +129,25 @@ def test_decide(
     assert reason in d.reason
 
 
+def test_a_server_whose_k3s_never_gets_ready_gives_its_seat_to_a_ready_machine() -> None:
+    members = [m("a", role=S), m("b", role=S, ready=True), m("c", role=A, ready=True)]
+    assigned = {"a": S, "b": S, "c": A}
+    inp = ElectionInput(members, assigned, 2, 10.0, unready={"a": 301.0}, unready_after=300.0)
+    d = decide(inp)
+    assert d.roles == {"a": A, "b": S, "c": S}
+    assert "demoted a because its k3s has not been ready for 301 s" in d.reason
+    # Not yet past k3s.ready_timeout, or no ready machine to take the seat: kept.
+    early = ElectionInput(members, assigned, 2, 10.0, unready={"a": 299.0}, unready_after=300.0)
+    assert decide(early).roles == assigned
+    alone = [m("a", role=S), m("b", role=S, ready=True), m("c", role=A)]
+    lone = ElectionInput(alone, assigned, 2, 10.0, unready={"a": 999.0}, unready_after=300.0)
+    assert decide(lone).roles == assigned
+    # No server ready at all, so no agent can be ready either: the seat goes round.
+    stuck = [m("a", role=S), m("c", role=A)]
+    inp = ElectionInput(stuck, {"a": S, "c": A}, 1, 10.0, unready={"a": 61.0}, unready_after=60)
+    assert decide(inp).roles == {"a": A, "c": S}
+
+
 def test_decide_is_stable_when_fed_its_own_output() -> None:
     members = [m(n) for n in "edcba"]
     first = decide(ElectionInput(members, {}, 3, 10.0))
