@@ -329,6 +329,16 @@ class FleetRoles(RoleSource):
         that took the lease over from another waits until that one's k3s is surely gone, and a
         holder whose k3s fails to come up lets someone else try."""
         c, k3s_cfg = self.cfg.coordination, self.cfg.k3s
+        if self.wanted.role is Role.SERVER and self.supervisor.status.ready:
+            # Our k3s came up as the first server: the cluster is bootstrapped, whatever
+            # became of the lease meanwhile (a slow datastore may have let it lapse).
+            await self.ds.set_flag(BOOTSTRAPPED_FLAG, self.me)
+            if self._boot_until is not None:
+                await self.ds.release_lease(BOOTSTRAP_LEASE, self.me)
+            self.bootstrapped_by, self._boot_until = self.me, None
+            log.info("bootstrapped the cluster; other servers may start now")
+            await self.apply(Wanted(Role.SERVER, registration, "the coordinator assigned server"))
+            return
         now = _now()
         if now < self._boot_pause_until:
             await self._stop_bootstrapping("its k3s failed to start; letting another server try")
@@ -364,12 +374,6 @@ class FleetRoles(RoleSource):
                 Wanted(Role.NONE, "", f"waiting out {prior}'s attempt to bootstrap the cluster")
             )
             return
-        if self.supervisor.status.ready and self.wanted.role is Role.SERVER:
-            await self.ds.set_flag(BOOTSTRAPPED_FLAG, self.me)
-            await self.ds.release_lease(BOOTSTRAP_LEASE, self.me)
-            self.bootstrapped_by = self.me
-            self._boot_until = None
-            log.info("bootstrapped the cluster; other servers may start now")
         await self.apply(
             Wanted(Role.SERVER, registration, "bootstrapping the cluster (first server)")
         )
@@ -398,6 +402,8 @@ class FleetRoles(RoleSource):
         if _now() < self._boot_until:
             self._arm_fence()
             return
+        if self.supervisor.status.ready:
+            return  # it came up: the cluster is bootstrapped; the loop records it
         self._boot_until = None
         if self.wanted.role is Role.SERVER:
             log.warning(

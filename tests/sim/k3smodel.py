@@ -135,6 +135,7 @@ class K3sHost:
                 if self.proc is proc:
                     self.proc = None
                 self.machine.world.trace(self.machine.name, f"k3s stopped (pid {proc.pid})")
+                self._changed(proc)
             done()
 
         self.machine.later_k3s(took, gone)

@@ -125,6 +125,7 @@ class Server:
         self.epoch = 0  # bumped whenever the coordinator lease changes holder
         self.lease_history: list[tuple[float, str]] = []  # (loop time, new holder)
         self.heartbeats: dict[str, list[float]] = {}  # loop times of committed heartbeats
+        self.last_read: dict[str, float] = {}  # loop time each client last read the members
         self.cluster_ca: str | None = None  # kine's bootstrap data (the k3s model writes it)
 
     def now(self) -> float:
@@ -226,8 +227,9 @@ class Server:
         beats.append(self.clock())
         del beats[:-4]
 
-    def rows(self) -> list[MemberRow]:
+    def rows(self, reader: str = "") -> list[MemberRow]:
         now = self.now()
+        self.last_read[reader] = self.clock()
         out = []
         for name in sorted(self.members):
             row = self.members[name]
@@ -391,7 +393,7 @@ class MemoryDatastore(Datastore):
         await self._one(lambda s, c: s.heartbeat(rec), _MEMBERS)
 
     async def members(self) -> list[MemberRow]:
-        rows: list[MemberRow] = await self._one(lambda s, c: s.rows())
+        rows: list[MemberRow] = await self._one(lambda s, c: s.rows(c.client))
         return rows
 
     async def sync(self, rec: MemberRecord) -> list[MemberRow]:
@@ -400,7 +402,7 @@ class MemoryDatastore(Datastore):
 
         def both(s: Server, c: Conn) -> list[MemberRow]:
             s.heartbeat(rec)
-            return s.rows()
+            return s.rows(c.client)
 
         rows: list[MemberRow] = await self._one(both, _MEMBERS)
         return rows

@@ -254,8 +254,10 @@ class SimMachine:
             self.world.fail(self.name, "holds the coordinator lease after the daemon stopped")
         self._end_daemon()
         proc = self.host.proc
-        if proc is not None and proc.alive:
-            self.host.stop(proc, lambda: None)
+        if proc is not None and proc.alive:  # the daemon exits once its k3s has stopped
+            stopped = self.world.loop.create_future()
+            self.host.stop(proc, lambda: stopped.done() or stopped.set_result(None))
+            await stopped
 
     def freeze(self) -> None:
         self.frozen = True
@@ -398,24 +400,28 @@ class World:
             self.fail(w.writer, f"wrote roles without holding the coordinator lease ({holder})")
         before = self.server.role_writes[i - 1].roles if i else {}
         writer = next(m for m in self.machines if m.name == w.writer)
-        healthy_servers = [n for n, r in before.items() if r is Role.SERVER and self._healthy(n)]
+        read_at = self.server.last_read.get(w.writer, w.at)
+        healthy_servers = [
+            n for n, r in before.items() if r is Role.SERVER and self._healthy(n, read_at)
+        ]
         for name in healthy_servers:
             if w.roles.get(name) is not Role.SERVER and writer.cfg.servers.count >= len(
                 healthy_servers
             ):
                 self.fail(w.writer, f"demoted {name}, a ready live server (seat flap)")
 
-    def _healthy(self, name: str) -> bool:
-        """Alive, running, a ready k3s server, eligible, and its heartbeat reaching the db."""
+    def _healthy(self, name: str, read_at: float) -> bool:
+        """Alive, running, a ready k3s server, eligible, and its heartbeat reaching the db
+        when the coordinator last read the member table."""
         m = next(m for m in self.machines if m.name == name)
         proc = m.host.proc
         if not m.up or proc is None or proc.state != "ready" or proc.role is not Role.SERVER:
             return False
         if m.cfg.node.role is RolePreference.AGENT or (m.roles is not None and m.roles.leaving):
             return False
-        beats = self.server.heartbeats.get(name, [])
+        beats = [t for t in self.server.heartbeats.get(name, []) if t <= read_at]
         slack = 2 * m.cfg.coordination.retry_timeout + 0.5
-        return bool(beats) and self.loop.now - beats[-1] < m.cfg.coordination.dead_after - slack
+        return bool(beats) and read_at - beats[-1] < m.cfg.coordination.dead_after - slack
 
     def _check_settled(self) -> None:
         count = self.machines[0].cfg.servers.count
