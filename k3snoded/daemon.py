@@ -141,7 +141,7 @@ class Daemon:
                     reload.cancel()
                 self.notifier.notify("STOPPING=1")
                 log.info("stopping: releasing the role, then stopping k3s")
-                await self.roles.stop()
+                await self.roles.stop()  # ends the role loop first, then releases VIP, lease
                 roles.cancel()
                 await self.supervisor.shutdown(stop_child=True)
                 await sup

@@ -97,6 +97,7 @@ class FleetRoles(RoleSource):
         self._boot_pause_until = 0.0
         self._boot_failed = False
         self._fence_timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[Any] | None = None  # the loop, ended first by stop()
         supervisor.on_change(self._child_changed)
 
     def _child_changed(self, status: ChildStatus) -> None:
@@ -120,6 +121,7 @@ class FleetRoles(RoleSource):
 
     # ---- the loop ------------------------------------------------------------------------
     async def run(self) -> None:
+        self._task = asyncio.current_task()
         await self.vip.remove_stale()
         before = await asyncio.to_thread(remembered_role, self.cfg)
         if before is not None and before.role is Role.AGENT and before.registration:
@@ -470,8 +472,21 @@ class FleetRoles(RoleSource):
 
     # ---- lifecycle and views -------------------------------------------------------------
     async def stop(self) -> None:
+        """End the loop first, then release what it holds (VIP, coordinator lease) and close
+        the datastore: a loop still running could take the lease again or restart the VRRP
+        speaker after they were released."""
+        task = self._task
+        if task is not None and task is not asyncio.current_task() and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._fence_timer is not None:
+            self._fence_timer.cancel()
         await self.vip.stop()
-        if self.is_coordinator:
+        # Released whether or not this machine still believes it holds it (a failed renewal
+        # may have lied): the statement frees it only if the row names us. The bootstrap
+        # lease is not released here: k3s stops after this, and a successor must wait it out.
+        if self.can_coordinate:
             try:
                 await self.ds.release_lease(COORDINATOR_LEASE, self.me)
             except DatastoreError as err:

@@ -33,6 +33,8 @@ REGRESSIONS = {
     24: "a clock step expired the bootstrap lease: a second server started its first start",
     61: "a server whose k3s never became ready kept its seat while ready agents waited",
     21: "the only server crash-looped; agents cannot be ready without it, so nobody replaced it",
+    435: "on stop the loop took the coordinator lease again after it was released",
+    499: "on stop the loop restarted the VRRP speaker after it was stopped",
     31: "the fence stopped a first server whose k3s had bootstrapped (the flag write was slow)",
 }
 
