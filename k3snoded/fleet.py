@@ -161,27 +161,39 @@ class FleetRoles(RoleSource):
                 await asyncio.wait_for(self._wake.wait(), max(0.05, period - elapsed))
 
     async def _preflight(self) -> None:
-        """Preflight and schema, retried with backoff until the datastore answers; then make
-        sure this machine belongs to the fleet that uses this datastore."""
+        """Preflight and schema, retried until the datastore answers; then make sure this
+        machine belongs to the fleet that uses this datastore.
+
+        Retries are never further apart than a heartbeat cycle: a machine whose daemon
+        restarted during an outage must heartbeat again well within ``dead_after`` of the
+        datastore's return, or the fleet replaces it (its k3s, adopted, is fine)."""
         if self.wanted.role is Role.NONE:
             self.wanted = Wanted(Role.NONE, "", "waiting for the datastore to answer")
-        await prepare(self.ds)
+        retry = self.cfg.coordination.renew_interval
+        await prepare(self.ds, max_delay=retry)
         log.info("datastore ready: %s", self.ds.description)
-        for attempt in range(1_000_000):
+        failing, refused = "", False
+        for _attempt in range(1_000_000):
             try:
-                if await self._same_fleet():
-                    return
-            except DatastoreError as err:
-                log.warning("cannot check the fleet's token verifier: %s", err)
-            if attempt == 0:
+                same = await self._same_fleet()
+            except DatastoreError as err:  # not an answer: ask again, claim nothing
+                if str(err) != failing:
+                    log.warning("cannot check the fleet's token verifier (%s); retrying", err)
+                    failing = str(err)
+                await asyncio.sleep(retry)
+                continue
+            if same:
+                return
+            if not refused:
                 log.error(
                     "refusing to join: this machine's cluster token or cluster name differs from "
                     "those of the fleet in %s (no heartbeat, no role); fix "
-                    "cluster.token_file / cluster.name and reload",
+                    "cluster.token_file / cluster.name and restart k3snoded",
                     self.ds.description,
                 )
-            self.wanted = Wanted(
-                Role.NONE, "", "refused: the cluster token or name differs from the fleet's"
+                refused = True
+            await self.apply(
+                Wanted(Role.NONE, "", "refused: the cluster token or name differs from the fleet's")
             )
             await asyncio.sleep(30.0)
 

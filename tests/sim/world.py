@@ -255,8 +255,13 @@ class SimMachine:
         self._end_daemon()
         proc = self.host.proc
         if proc is not None and proc.alive:  # the daemon exits once its k3s has stopped
-            stopped = self.world.loop.create_future()
-            self.host.stop(proc, lambda: stopped.done() or stopped.set_result(None))
+            stopped: asyncio.Future[None] = self.world.loop.create_future()
+
+            def done() -> None:
+                if not stopped.done():
+                    stopped.set_result(None)
+
+            self.host.stop(proc, done)
             await stopped
 
     def freeze(self) -> None:
