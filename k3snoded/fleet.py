@@ -202,10 +202,8 @@ class FleetRoles(RoleSource):
         machine stores it). Datastore credentials alone do not make a machine a member: a
         machine with another token would otherwise be elected and fail k3s's bootstrap."""
         mine = hmac.new(self.peers.key, b"k3snoded token check", hashlib.sha256).hexdigest()
-        stored = (await self.ds.flags()).get(VERIFIER_FLAG)
-        if stored is None:
-            await self.ds.set_flag(VERIFIER_FLAG, mine)
-            stored = (await self.ds.flags()).get(VERIFIER_FLAG, mine)
+        # Insert-if-absent: of two first machines with different tokens, exactly one wins.
+        stored = await self.ds.claim_flag(VERIFIER_FLAG, mine)
         return hmac.compare_digest(stored, mine)
 
     async def _cycle(self) -> None:

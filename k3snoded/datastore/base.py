@@ -152,6 +152,12 @@ class Datastore(abc.ABC):
         """Set a cluster-wide flag (upsert), e.g. ``bootstrapped`` = the first server's name."""
 
     @abc.abstractmethod
+    async def claim_flag(self, name: str, value: str) -> str:
+        """Set flag ``name`` to ``value`` only if it has no value yet (insert-if-absent);
+        return the value stored after the call. Of machines claiming concurrently, all get
+        the first one's value. One conditional insert and one read."""
+
+    @abc.abstractmethod
     async def flags(self) -> dict[str, str]:
         """Every flag."""
 

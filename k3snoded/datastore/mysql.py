@@ -135,6 +135,13 @@ class MysqlDialect(Dialect):
             f"ON DUPLICATE KEY UPDATE {sets}"
         )
 
+    def insert_if_absent(self, table: str, columns: Any, values: str) -> str:
+        key = columns[0]
+        return (
+            f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({values}) "
+            f"ON DUPLICATE KEY UPDATE {key} = {key}"
+        )
+
     def lease_upsert(self) -> str:
         # Assignments run left to right: `holder` first, then `expires_at` follows the new
         # holder. Without CLIENT_FOUND_ROWS the row count is 1 (inserted), 2 (changed) or

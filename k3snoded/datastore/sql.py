@@ -97,6 +97,13 @@ class Dialect(abc.ABC):
             f"ON CONFLICT ({columns[0]}) DO UPDATE SET {sets}"
         )
 
+    def insert_if_absent(self, table: str, columns: Sequence[str], values: str) -> str:
+        """``INSERT ... VALUES (values)`` that changes nothing when the key exists."""
+        return (
+            f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({values}) "
+            f"ON CONFLICT ({columns[0]}) DO NOTHING"
+        )
+
     def lease_upsert(self) -> str:
         """The lease statement; parameters (name, holder, ttl); row count > 0 means held.
 
@@ -166,6 +173,9 @@ class SqlDatastore(Datastore):
         )
         self._flag_sql = dialect.upsert(
             FLAGS, ("name", "value", "updated_at"), f"?, ?, {now}", ("value", "updated_at")
+        )
+        self._claim_sql = dialect.insert_if_absent(
+            FLAGS, ("name", "value", "updated_at"), f"?, ?, {now}"
         )
 
     @property
@@ -327,6 +337,15 @@ class SqlDatastore(Datastore):
 
     async def set_flag(self, name: str, value: str) -> None:
         await self._session.run(lambda cur: cur.execute(self._flag_sql, (name, value)))
+
+    async def claim_flag(self, name: str, value: str) -> str:
+        def claim(cur: CountingCursor) -> str:
+            cur.execute(self._claim_sql, (name, value))
+            cur.execute(f"SELECT value FROM {FLAGS} WHERE name = ?", (name,))
+            rows = cur.fetchall()
+            return str(rows[0][0]) if rows else value
+
+        return await self._session.run(claim)
 
     async def flags(self) -> dict[str, str]:
         def read(cur: CountingCursor) -> dict[str, str]:

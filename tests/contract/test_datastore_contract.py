@@ -243,6 +243,14 @@ async def test_flags(target: Target) -> None:
     assert await a.flags() == {"bootstrapped": "node-a", "other": "y"}
 
 
+async def test_claim_flag_is_insert_if_absent(target: Target) -> None:
+    stores = [await ready(target) for _ in range(4)]
+    won = await asyncio.gather(*(ds.claim_flag("verifier", f"v{i}") for i, ds in enumerate(stores)))
+    assert len(set(won)) == 1 and won[0] in {"v0", "v1", "v2", "v3"}
+    assert await stores[0].claim_flag("verifier", "late") == won[0]
+    assert (await stores[1].flags())["verifier"] == won[0]
+
+
 async def test_statement_counter(target: Target) -> None:
     ds = await ready(target)
     start = ds.statements

@@ -464,6 +464,15 @@ class MemoryDatastore(Datastore):
     async def set_flag(self, name: str, value: str) -> None:
         await self._one(lambda s, c: s.flags.__setitem__(name, value), frozenset({f"flag:{name}"}))
 
+    async def claim_flag(self, name: str, value: str) -> str:
+        async def body(send: Send) -> str:
+            await send(lambda s, c: s.flags.setdefault(name, value), frozenset({f"flag:{name}"}))
+            stored: str = await send(lambda s, c: s.flags.get(name, value))
+            return stored
+
+        claimed: str = await self._call(body)
+        return claimed
+
     async def flags(self) -> dict[str, str]:
         found: dict[str, str] = await self._one(lambda s, c: dict(s.flags))
         return found

@@ -183,3 +183,18 @@ def test_a_server_restarted_during_an_outage_keeps_its_seat(tmp_path: Path) -> N
     assigned = [w.roles.get(server) for w in world.server.role_writes if w.at - world.start > 20]
     assert Role.AGENT not in assigned, world.render()
     assert _server_and_pid(world, server)[0] is Role.SERVER
+
+
+@pytest.mark.parametrize("lag", [0.0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06])
+def test_two_first_machines_with_different_tokens_are_not_both_members(
+    tmp_path: Path, lag: float
+) -> None:
+    """m1 and m2 start at (nearly) the same instant on an empty datastore with different
+    tokens: the fleet's token verifier is whichever was stored first, and the other refuses."""
+    plan = calm(boot_at=(0.0, lag, 30.0))
+    world = World(plan, tmp_path)
+    world.keys["m2"] = b"another-cluster-key"
+    world.run()
+    members = set(world.server.members)
+    assert not {"m1", "m2"} <= members, world.render()
+    assert sum("refusing to join" in text for _, _, text in world.lines) == 1, world.render()

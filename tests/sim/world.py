@@ -200,7 +200,11 @@ class SimMachine:
         timeout = self.cfg.coordination.retry_timeout
         ds = MemoryDatastore(world.server, self.link, self.name, timeout)
         self.roles = FleetRoles(
-            self.cfg, self.supervisor, vip=self.vip, peers=SimPeers(self, world.key), datastore=ds
+            self.cfg,
+            self.supervisor,
+            vip=self.vip,
+            peers=SimPeers(self, world.keys.get(self.name, world.key)),
+            datastore=ds,
         )
         ctx = contextvars.copy_context()
         ctx.run(MACHINE.set, self.name)
@@ -306,6 +310,7 @@ class World:
             lock_wait_timeout=50.0 if plan.dialect == "mysql" else 2.0,
         )
         self.key = b"sim-cluster-key"
+        self.keys: dict[str, bytes] = {}  # machines whose cluster token differs
         self.db_down = ""
         self.db_slow: tuple[float, float, float] | None = None
         self.lines: list[tuple[float, str, str]] = []
