@@ -117,8 +117,9 @@ class Datastore(abc.ABC):
         """Write the coordinator's decision: every member named in ``roles`` gets that role,
         every other member row gets no assignment. Names without a member row are ignored.
 
-        Atomic with the check that ``holder`` holds the unexpired ``coordinator`` lease (one
-        transaction that locks the lease row). Returns False, writing nothing, if it does not.
+        Atomic with the check that ``holder`` holds the unexpired ``coordinator`` lease: one
+        statement, no open transaction, so a writer that dies mid-call locks nothing. Returns
+        False, writing nothing, if it does not hold it.
         """
 
     @abc.abstractmethod

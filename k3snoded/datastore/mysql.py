@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import socket
 import ssl
 from typing import Any, ClassVar
@@ -51,7 +52,13 @@ class MysqlDialect(Dialect):
             "write_timeout": self.timeout,
             "autocommit": True,
             "charset": "utf8mb4",
-            "init_command": "SET time_zone = '+00:00'",
+            # UTC; a lock wait fails in about retry_timeout (the server's default waits 50 s
+            # after the client gave up); a silent session is closed after `idle`.
+            "init_command": (
+                "SET time_zone = '+00:00', "
+                f"innodb_lock_wait_timeout = {max(1, math.ceil(self.timeout))}, "
+                f"wait_timeout = {max(1, math.ceil(self.idle))}"
+            ),
         }
         if ep.unix_socket:
             kw["unix_socket"] = ep.unix_socket

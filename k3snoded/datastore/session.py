@@ -7,8 +7,8 @@ loop side that, when the budget runs out, shuts the connection's socket down (un
 worker) and raises ``DatastoreUnavailable``. After any error the connection is dropped; the next
 call opens a new one, so recovery is transparent.
 
-Connections are in autocommit mode: each statement is its own transaction unless the caller
-issues ``BEGIN`` ... ``COMMIT`` itself (``transaction``).
+Connections are in autocommit mode and k3snoded opens no explicit transaction: every statement
+is its own, so a client that dies mid-call leaves no lock behind.
 """
 
 from __future__ import annotations
@@ -82,19 +82,6 @@ class CountingCursor:
 
     def close(self) -> None:
         self._cursor.close()
-
-
-def transaction(cur: CountingCursor, begin: str, body: Callable[[CountingCursor], T]) -> T:
-    """Run ``body`` between ``begin`` and COMMIT; ROLLBACK (best effort) if it raises."""
-    cur.execute(begin)
-    try:
-        result = body(cur)
-    except BaseException:
-        with contextlib.suppress(Exception):  # the connection is dropped anyway
-            cur.execute("ROLLBACK")
-        raise
-    cur.execute("COMMIT")
-    return result
 
 
 class Session:

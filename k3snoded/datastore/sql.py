@@ -21,7 +21,7 @@ from k3snoded.datastore import schema
 from k3snoded.datastore.base import COORDINATOR_LEASE, Datastore, MemberRecord, MemberRow
 from k3snoded.datastore.endpoint import Endpoint
 from k3snoded.datastore.schema import FLAGS, LEASES, MEMBERS, VERSION_TABLE
-from k3snoded.datastore.session import CountingCursor, Session, transaction
+from k3snoded.datastore.session import CountingCursor, Session
 from k3snoded.errors import DatastoreError, DatastoreRejected
 from k3snoded.model import Lease, Member, Role, RolePreference
 
@@ -50,13 +50,15 @@ class Dialect(abc.ABC):
     placeholder: ClassVar[str] = "%s"
     now: ClassVar[str]  # SQL expression: the database's now, epoch seconds, as a float
     types: ClassVar[Mapping[str, str]]  # DDL template values: float, table_options
-    begin: ClassVar[str] = "BEGIN"
-    for_update: ClassVar[str] = " FOR UPDATE"
     cte_upsert: ClassVar[bool] = False  # INSERT ... RETURNING allowed inside WITH
 
-    def __init__(self, endpoint: Endpoint, timeout: float) -> None:
+    def __init__(self, endpoint: Endpoint, timeout: float, idle: float = 60.0) -> None:
         self.endpoint = endpoint
         self.timeout = timeout  # driver connect/read/write timeouts, seconds
+        # How long the server keeps a silent session (and anything it holds): longer than
+        # k3snoded ever idles between statements, short enough that a dead client's session
+        # (its schema lock, say) goes in a minute, not at TCP keepalive's two hours.
+        self.idle = idle
 
     @property
     def label(self) -> str:
@@ -277,6 +279,10 @@ class SqlDatastore(Datastore):
         return await self._session.run(both)
 
     async def assign_roles(self, roles: Mapping[str, Role], holder: str) -> bool:
+        """One autocommit statement: the lease check is its WHERE. A coordinator that dies
+        mid-call leaves no transaction behind, so no row stays locked (a two-statement
+        transaction left the lease row, and every member row, locked until the server noticed
+        the dead client: hours)."""
         now, params = self.dialect.now, []
         for name, role in roles.items():
             params += [name, role.value]
@@ -285,19 +291,19 @@ class SqlDatastore(Datastore):
             if roles
             else "NULL"
         )
+        held = f"SELECT 1 FROM {LEASES} WHERE name = ? AND holder = ? AND expires_at > {now}"
+        update = f"UPDATE {MEMBERS} SET assigned = {case} WHERE EXISTS ({held})"
 
-        def body(cur: CountingCursor) -> bool:
-            cur.execute(
-                f"SELECT holder FROM {LEASES} WHERE name = ? AND holder = ? "
-                f"AND expires_at > {now}{self.dialect.for_update}",
-                (COORDINATOR_LEASE, holder),
-            )
-            if not cur.fetchall():
-                return False
-            cur.execute(f"UPDATE {MEMBERS} SET assigned = {case}", params)
-            return True
+        def write(cur: CountingCursor) -> bool:
+            cur.execute(update, (*params, COORDINATOR_LEASE, holder))
+            if cur.rowcount > 0:
+                return True
+            # No row changed: no member rows, nothing to change (MySQL counts changed rows
+            # only), or not the holder. Only the last is a refusal.
+            cur.execute(held, (COORDINATOR_LEASE, holder))
+            return bool(cur.fetchall())
 
-        return await self._session.run(lambda cur: transaction(cur, self.dialect.begin, body))
+        return await self._session.run(write)
 
     async def try_lease(self, name: str, holder: str, ttl: float) -> bool:
         def acquire(cur: CountingCursor) -> bool:

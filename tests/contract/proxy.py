@@ -12,6 +12,10 @@ class Proxy:
 
     ``cut()``: drop every connection (RST) and refuse new ones; ``freeze()``: keep connections
     open but forward nothing (a hung server); ``restore()``: back to normal, same port.
+    ``blackhole_after(n)``: forward ``n`` more client messages, then nothing either way, and
+    keep the server's side open even when the client closes: to the server the client simply
+    went silent, as when its machine dies or is cut off (a transaction it left open stays open).
+    ``accepted`` counts the connections clients opened.
     """
 
     def __init__(self, host: str, port: int) -> None:
@@ -22,6 +26,10 @@ class Proxy:
         self._flowing = asyncio.Event()
         self._flowing.set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._budget: int | None = None  # client messages still forwarded (None: no limit)
+        self._silent = False
+        self._held: set[asyncio.StreamWriter] = set()  # server sides kept open while silent
+        self.accepted = 0
 
     async def start(self) -> Proxy:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
@@ -29,28 +37,41 @@ class Proxy:
         return self
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
         try:
             up_reader, up_writer = await asyncio.wait_for(asyncio.open_connection(*self.target), 5)
         except (OSError, TimeoutError):
             writer.transport.abort()
             return
         self._writers |= {writer, up_writer}
-        for src, dst in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pump(src, dst))
+        for src, dst, up in ((reader, up_writer, True), (up_reader, writer, False)):
+            task = asyncio.create_task(self._pump(src, dst, up))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+    async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, up: bool) -> None:
         try:
             while data := await src.read(65536):
                 await self._flowing.wait()
+                if up and self._budget is not None:
+                    if self._budget <= 0:
+                        self._silent = True
+                    self._budget -= 1
+                if self._silent:
+                    continue
                 dst.write(data)
                 await dst.drain()
         except (OSError, RuntimeError):
             pass
         finally:
             self._writers.discard(dst)
-            dst.transport.abort()
+            if self._silent and up:
+                self._held.add(dst)  # the server must not learn that the client is gone
+            else:
+                dst.transport.abort()
+
+    def blackhole_after(self, messages: int) -> None:
+        self._budget = messages
 
     def freeze(self) -> None:
         self._flowing.clear()
@@ -66,12 +87,16 @@ class Proxy:
 
     async def restore(self) -> None:
         self._flowing.set()
+        self._budget, self._silent = None, False
         if self._server is None:
             await self.start()
 
     async def close(self) -> None:
         self._flowing.set()
         await self.cut()
+        for writer in list(self._held):
+            writer.transport.abort()
+        self._held.clear()
         for task in list(self._tasks):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

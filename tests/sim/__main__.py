@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tests.sim.plan import make_plan
+from tests.sim.plan import GENERATION, make_plan
 from tests.sim.runner import default_jobs, replay_command, run_seed, sweep
 
 
@@ -16,12 +16,16 @@ def main() -> int:
     p.add_argument("--start", type=int, default=0, help="first seed (0)")
     p.add_argument("--seed", type=int, help="replay this seed and print its trace")
     p.add_argument("--jobs", type=int, default=default_jobs(), help="worker processes")
+    p.add_argument(
+        "--generation", type=int, default=GENERATION, help="plan generator (older seeds)"
+    )
     args = p.parse_args()
     if args.seed is not None:
-        result, trace = run_seed(args.seed, keep_trace=True)
-        print(make_plan(args.seed).describe())
+        result, trace = run_seed(args.seed, keep_trace=True, generation=args.generation)
+        print(make_plan(args.seed, args.generation).describe())
         print(trace)
-        print(f"--- {result.violation or 'every invariant held'}  ({replay_command(args.seed)})")
+        replay = replay_command(args.seed, args.generation)
+        print(f"--- {result.violation or 'every invariant held'}  ({replay})")
         return 1 if result.violation else 0
     return 1 if sweep(args.start, args.seeds, args.jobs) else 0
 

@@ -101,15 +101,20 @@ class _Pending:
 
 
 class Server:
-    """The database server. ``clock`` is the loop's time; ``step`` moves the database clock."""
+    """The database server. ``clock`` is the loop's time; ``step`` moves the database clock.
+
+    ``lock_wait_timeout`` and ``abandoned_timeout`` are the session settings k3snoded gives its
+    connections (innodb_lock_wait_timeout / lock_timeout = retry_timeout; wait_timeout /
+    idle_in_transaction_session_timeout = 60 s); the servers' defaults were 50 s and hours.
+    """
 
     def __init__(
         self,
         clock: Callable[[], float],
         *,
         dialect: str = "postgres",
-        lock_wait_timeout: float = 50.0,
-        abandoned_timeout: float = 28800.0,
+        lock_wait_timeout: float = 2.0,
+        abandoned_timeout: float = 60.0,
     ) -> None:
         self.clock = clock
         self.dialect = dialect
@@ -127,6 +132,9 @@ class Server:
         self.heartbeats: dict[str, list[float]] = {}  # loop times of committed heartbeats
         self.last_read: dict[str, float] = {}  # loop time each client last read the members
         self.cluster_ca: str | None = None  # kine's bootstrap data (the k3s model writes it)
+        # Called as hook(client) right after a role write's statement was answered (with the
+        # two-statement transaction this was between SELECT ... FOR UPDATE and COMMIT).
+        self.mid_write: Callable[[str], None] | None = None
 
     def now(self) -> float:
         return self.clock() + self.step
@@ -409,21 +417,19 @@ class MemoryDatastore(Datastore):
 
     async def assign_roles(self, roles: Mapping[str, Role], holder: str) -> bool:
         wanted = dict(roles)
-        lease_row = frozenset({f"lease:{COORDINATOR_LEASE}"})
 
-        def update(s: Server, c: Conn) -> None:
-            c.writes.append(lambda: s.write_roles(wanted, holder))
+        def write(s: Server, c: Conn) -> bool:
+            # UPDATE ... WHERE EXISTS (the lease is ours): one autocommit statement.
+            if not s.holds(COORDINATOR_LEASE, holder):
+                return False
+            s.write_roles(wanted, holder)
+            return True
 
         async def body(send: Send) -> bool:
-            # BEGIN; SELECT ... FOR UPDATE (locks the lease row); UPDATE every member row
-            # (locks them all); COMMIT. The locks live until COMMIT or ROLLBACK.
-            await send(_nothing)
-            if not await send(lambda s, c: s.holds(COORDINATOR_LEASE, holder), lease_row, True):
-                await send(lambda s, c: s.finish(c, False))
-                return False
-            await send(update, _MEMBERS, True)
-            await send(lambda s, c: s.finish(c, True))
-            return True
+            written: bool = await send(write, _MEMBERS)
+            if self.server.mid_write is not None:
+                self.server.mid_write(self.name)
+            return written
 
         done: bool = await self._call(body)
         return done

@@ -12,7 +12,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.sim.plan import make_plan
+from tests.sim.plan import GENERATION, make_plan
 from tests.sim.world import World
 
 
@@ -26,8 +26,10 @@ class Result:
     digest: str  # sha256 of the trace, to compare runs of one seed
 
 
-def run_seed(seed: int, *, keep_trace: bool = False) -> tuple[Result, str]:
-    plan = make_plan(seed)
+def run_seed(
+    seed: int, *, keep_trace: bool = False, generation: int = GENERATION
+) -> tuple[Result, str]:
+    plan = make_plan(seed, generation)
     # Role files are written (and fsynced) for real: on tmpfs that costs nothing.
     shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
     workdir = Path(tempfile.mkdtemp(prefix=f"k3snoded-sim-{seed}-", dir=shm))
@@ -54,14 +56,15 @@ def run_seed(seed: int, *, keep_trace: bool = False) -> tuple[Result, str]:
     )
 
 
-def replay_command(seed: int) -> str:
-    return f".venv/bin/python -m tests.sim --seed {seed}"
+def replay_command(seed: int, generation: int = GENERATION) -> str:
+    older = f" --generation {generation}" if generation != GENERATION else ""
+    return f".venv/bin/python -m tests.sim --seed {seed}{older}"
 
 
-def report(seed: int, violation: str, trace: str) -> str:
+def report(seed: int, violation: str, trace: str, generation: int = GENERATION) -> str:
     return (
-        f"seed {seed}: {violation}\n{make_plan(seed).describe()}\n--- trace\n{trace}\n"
-        f"--- replay: {replay_command(seed)}"
+        f"seed {seed}: {violation}\n{make_plan(seed, generation).describe()}\n--- trace\n"
+        f"{trace}\n--- replay: {replay_command(seed, generation)}"
     )
 
 

@@ -246,7 +246,9 @@ class SimMachine:
         roles, task = self.roles, self.task
         if roles is None or task is None or task.done():
             return
+        seen = len(self.world.lines)
         await roles.stop()
+        failed = any("could not release" in text for _, _, text in self.world.lines[seen:])
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
@@ -254,7 +256,8 @@ class SimMachine:
         if vip is not None and vip.running:
             self.world.fail(self.name, "the VRRP speaker runs after the daemon stopped")
         lease = self.world.server.leases.get(COORDINATOR_LEASE)
-        if lease is not None and lease[0] == self.name and self.link.state == "up":
+        healthy = self.link.state == "up" and not (self.link.slow or self.world.db_slow)
+        if lease is not None and lease[0] == self.name and healthy and not failed:
             self.world.fail(self.name, "holds the coordinator lease after the daemon stopped")
         self._end_daemon()
         proc = self.host.proc
@@ -304,11 +307,7 @@ class World:
         self.rng = random.Random(plan.seed)
         self.loop = VirtualLoop()
         self.start = self.loop.now
-        self.server = Server(
-            self.loop.time,
-            dialect=plan.dialect,
-            lock_wait_timeout=50.0 if plan.dialect == "mysql" else 2.0,
-        )
+        self.server = Server(self.loop.time, dialect=plan.dialect)
         self.key = b"sim-cluster-key"
         self.keys: dict[str, bytes] = {}  # machines whose cluster token differs
         self.db_down = ""
@@ -516,10 +515,34 @@ class World:
             self.server.step += f.arg
         elif f.kind == "k3s_broken" and m:
             m.host.fault = str(f.how)
+        elif f.kind == "die_mid_write" and m:
+            await self._die_mid_write(f, m)
         elif f.kind == "sighup":
             for x in self.machines:
                 x.reload(reload_config(x.cfg, f))
         self.trace(m.name if m else "sim", f"fault over: {f.kind}")
+
+    async def _die_mid_write(self, f: Fault, m: SimMachine) -> None:
+        """Crash machine ``m`` (a role change follows), and crash whichever coordinator is
+        first caught between its role write's first statement and its COMMIT."""
+        victims: list[SimMachine] = []
+
+        def hook(client: str) -> None:
+            self.server.mid_write = None
+            victim = next(x for x in self.machines if x.name == client)
+            self.trace(client, "dies in the middle of its role write")
+            victim.crash()
+            victims.append(victim)
+
+        self.server.mid_write = hook
+        if m.alive:
+            m.crash()
+            victims.append(m)
+        await asyncio.sleep(f.duration)
+        self.server.mid_write = None
+        for victim in victims:
+            if not victim.alive:
+                victim.boot()
 
     async def _outage(self, f: Fault, m: SimMachine | None) -> None:
         how = f.how or "blackhole"
