@@ -129,6 +129,11 @@ class FleetRoles(RoleSource):
             await self.apply(
                 Wanted(Role.AGENT, before.registration, "resuming the agent role it had before")
             )
+        elif before is not None and before.role is Role.SERVER:
+            # Not started (a server waits for the coordinator), but remembered: a k3s server
+            # left running by the previous daemon is adopted, and if it came up as the first
+            # server while no daemon watched, _bootstrap records that instead of stopping it.
+            self.wanted = Wanted(Role.SERVER, before.registration, before.reason)
         await self._preflight()
         interval = self.cfg.coordination.renew_interval
         while not self.left:
@@ -215,7 +220,9 @@ class FleetRoles(RoleSource):
                 address=self.cfg.node.address,
                 api_port=self.cfg.api.port,
                 preference=self.cfg.node.role,
-                eligible=self.eligible,
+                # A machine whose k3s failed to come up as the first server steps out of the
+                # running for a while, so the coordinator gives its seat to another.
+                eligible=self.eligible and _now() >= self._boot_pause_until,
                 role=self.wanted.role,
                 ready=child.ready,
             )
@@ -276,12 +283,13 @@ class FleetRoles(RoleSource):
         self.coordinator = lease.holder if lease else None
 
     def _unready(self) -> dict[str, float]:
-        """Seconds each assigned server has been seen without a ready k3s (reset by an
-        outage, like heartbeats: nobody was watched)."""
+        """Seconds each assigned server has been seen running a k3s server that is not ready
+        (a server still waiting for the bootstrap runs none; reset by an outage, like
+        heartbeats: nobody was watched)."""
         now = _now()
         since = {}
         for m in self.members:
-            if self.assigned.get(m.name) is Role.SERVER and not m.ready:
+            if self.assigned.get(m.name) is Role.SERVER and m.role is Role.SERVER and not m.ready:
                 since[m.name] = self._unready_since.get(m.name, now)
         self._unready_since = since
         return {name: now - t for name, t in since.items()}

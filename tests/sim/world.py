@@ -156,7 +156,7 @@ class SimMachine:
         self.config_version = 0
         self.link = Link(self)
         self.host = K3sHost(self)
-        self.alive = True
+        self.alive = False  # off until its first boot
         self.frozen = False
         self.partitioned = False
         self.thaw_event = asyncio.Event()
@@ -235,6 +235,8 @@ class SimMachine:
         self.host.kill()
 
     def boot(self) -> None:
+        if self.alive:
+            return
         self.alive = True
         self.boot_daemon()
 
@@ -285,10 +287,16 @@ class SimMachine:
             self.world.loop.call_soon(fn, *args)
 
     def reload(self, cfg: Config) -> None:
+        """SIGHUP with a new config file: a frozen daemon handles it once thawed; a machine
+        that is down reads the file when it boots."""
         self.cfg = cfg
         self.config_version += 1
+        if self.roles is not None:
+            self.later_daemon(0.0, self._reconfigure, cfg)
+
+    def _reconfigure(self, cfg: Config) -> None:
         roles = self.roles
-        if roles is not None and self.up:
+        if roles is not None and self.task is not None and not self.task.done():
             self.world.loop.create_task(roles.reconfigure(cfg))
 
 
@@ -372,8 +380,8 @@ class World:
         self.trace(m.name, f"supervisor stops k3s {proc.role.value} (pid {proc.pid}): {why}")
         if proc.config_version != m.config_version or proc.first_start or proc.state != "ready":
             return
-        if roles is not None and roles.leaving:
-            return
+        if roles is not None and (roles.leaving or roles.wanted.reason.startswith("lost the boot")):
+            return  # leaving, or the bootstrap fence (it cannot know the k3s just came up)
         if new is proc.role:
             self.fail(m.name, f"k3s {new.value} restarted without a change of role or config")
         row = self.server.members.get(m.name)
@@ -390,7 +398,7 @@ class World:
             if m.alive
             and not m.frozen
             and m.host.proc is not None
-            and m.host.proc.alive
+            and m.host.proc.state == "starting"  # (SIGTERMed: shutting down, not bootstrapping)
             and m.host.proc.first_start
         ]
         if len(starting) > 1:
@@ -410,13 +418,11 @@ class World:
         before = self.server.role_writes[i - 1].roles if i else {}
         writer = next(m for m in self.machines if m.name == w.writer)
         read_at = self.server.last_read.get(w.writer, w.at)
-        healthy_servers = [
-            n for n, r in before.items() if r is Role.SERVER and self._healthy(n, read_at)
-        ]
-        for name in healthy_servers:
-            if w.roles.get(name) is not Role.SERVER and writer.cfg.servers.count >= len(
-                healthy_servers
-            ):
+        seats = [n for n, r in before.items() if r is Role.SERVER]
+        if writer.cfg.servers.count < len(seats):
+            return  # servers.count was lowered: someone has to go, by the election's order
+        for name in seats:
+            if w.roles.get(name) is not Role.SERVER and self._healthy(name, read_at):
                 self.fail(w.writer, f"demoted {name}, a ready live server (seat flap)")
 
     def _healthy(self, name: str, read_at: float) -> bool:
