@@ -22,6 +22,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("k3snoded.vip")
 
+RETRY_FIRST = 1.0  # seconds before a failed speaker is started again; doubles to RETRY_MAX
+RETRY_MAX = 60.0
+STABLE_AFTER = 30.0  # a speaker up this long has recovered: the backoff and the log reset
+
 
 class VipGuard:
     """A tiny child that removes the VIP the moment this daemon dies, SIGKILL included.
@@ -74,6 +78,9 @@ class VipKeeper:
         self._guard: VipGuard | None = None
         self._healthy = False
         self._failed_logged = False
+        self._started = 0.0  # loop time the current speaker started
+        self._retry_at = 0.0  # no new speaker before this loop time (after a failure)
+        self._retry_delay = RETRY_FIRST
         if self.enabled:
             # Import now, not at the first promotion: after a package upgrade /opt holds the
             # new code while this daemon still runs the old one (packaging/README.md).
@@ -108,38 +115,64 @@ class VipKeeper:
             self._speaker.set_healthy(healthy)
 
     async def ensure(self, *, run: bool, healthy: bool) -> None:
+        """Level-triggered: run the speaker while ``run``. A speaker that failed is restarted
+        after a backoff (1 s doubling to 60 s), not every cycle with a new guard process; the
+        first failure of a run is logged, and a failure after a recovery is logged again."""
         if not self.enabled:
             return
-        if self._task is not None and self._task.done():
-            err = None if self._task.cancelled() else self._task.exception()
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        task = self._task
+        if task is not None and task.done():
+            err = None if task.cancelled() else task.exception()
             if not self._failed_logged:
-                log.error("the VRRP speaker stopped: %s; restarting it", err)
+                log.error(
+                    "the VRRP speaker stopped: %s; restarting it in %.0f s (then backing off)",
+                    err,
+                    self._retry_delay,
+                )
                 self._failed_logged = True
             await self.stop()
-        if run and self._speaker is None:
-            from k3snoded.vrrp.speaker import VrrpSpeaker
-
-            vip = self.cfg.registration.vip
-            self._speaker = VrrpSpeaker(
-                interface=self.interface,
-                vip=self.address,
-                prefix=vip.prefix,
-                vrid=vip.vrid,
-                priority=vip.priority,
-                advert_interval=vip.advert_interval,
-                preempt=vip.preempt,
-                unicast_peers=vip.unicast_peers,
-                source_address=self.cfg.node.address or None,
-            )
-            self._speaker.set_healthy(healthy)
-            self._guard = VipGuard(str(self._vip()), self.interface)
-            self._guard.start()
+            self._retry_at = now + self._retry_delay
+            self._retry_delay = min(self._retry_delay * 2, RETRY_MAX)
+        elif task is not None and now - self._started >= STABLE_AFTER:
+            if self._failed_logged:
+                log.info("the VRRP speaker runs again for %s", self.address)
+                self._failed_logged = False
+            self._retry_delay = RETRY_FIRST
+        if run and self._speaker is None and now >= self._retry_at:
+            self._speaker = self._make_speaker(healthy)
+            self._start_guard()
+            self._started = now
             self._task = asyncio.create_task(self._speaker.run(), name="vrrp")
-            log.info("server role: running the VRRP speaker for %s", self.address)
+            if not self._failed_logged:
+                log.info("server role: running the VRRP speaker for %s", self.address)
         elif not run and self._speaker is not None:
             log.info("no longer a server: releasing the VIP")
             await self.stop()
         self.health(healthy)
+
+    def _make_speaker(self, healthy: bool) -> VrrpSpeaker:
+        from k3snoded.vrrp.speaker import VrrpSpeaker
+
+        vip = self.cfg.registration.vip
+        speaker = VrrpSpeaker(
+            interface=self.interface,
+            vip=self.address,
+            prefix=vip.prefix,
+            vrid=vip.vrid,
+            priority=vip.priority,
+            advert_interval=vip.advert_interval,
+            preempt=vip.preempt,
+            unicast_peers=vip.unicast_peers,
+            source_address=self.cfg.node.address or None,
+        )
+        speaker.set_healthy(healthy)
+        return speaker
+
+    def _start_guard(self) -> None:
+        self._guard = VipGuard(str(self._vip()), self.interface)
+        self._guard.start()
 
     async def stop(self) -> None:
         """Graceful: a master sends priority 0 and removes the address."""
