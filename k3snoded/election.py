@@ -27,6 +27,8 @@ class ElectionInput:
     # one past ``unready_after`` (k3s.ready_timeout) loses its seat to a ready machine.
     unready: Mapping[str, float] = field(default_factory=dict)
     unready_after: float = math.inf
+    # Members lately demoted for that: ranked last, so the seat does not come straight back.
+    avoid: frozenset[str] = frozenset()
 
 
 def _alive(m: Member, dead_after: float) -> bool:
@@ -61,9 +63,8 @@ def decide(inp: ElectionInput) -> Decision:
     live = [m for m in inp.members if _alive(m, inp.dead_after)]
     dead = {m.name for m in inp.members if not _alive(m, inp.dead_after)}
     failing = _failing(inp, live)
-    eligible = sorted(
-        (m for m in live if m.eligible), key=lambda m: _rank(m, inp.assigned, failing)
-    )
+    last = failing | (inp.avoid - {n for n, r in inp.assigned.items() if r is Role.SERVER})
+    eligible = sorted((m for m in live if m.eligible), key=lambda m: _rank(m, inp.assigned, last))
     servers = [m.name for m in eligible[: max(inp.count, 0)]]
     roles: dict[str, Role] = {m.name: Role.AGENT for m in live}
     for name in servers:
@@ -73,7 +74,8 @@ def decide(inp: ElectionInput) -> Decision:
             roles[name] = Role.AGENT
         elif name in inp.assigned:
             roles[name] = inp.assigned[name]
-    return Decision(roles=roles, reason=_explain(inp, servers, dead, failing))
+    failed = frozenset(n for n in failing if roles.get(n) is not Role.SERVER)
+    return Decision(roles=roles, reason=_explain(inp, servers, dead, failing), failed=failed)
 
 
 def _failing(inp: ElectionInput, live: list[Member]) -> set[str]:
@@ -113,7 +115,10 @@ def _explain(inp: ElectionInput, servers: list[str], dead: set[str], failing: se
                     "(k3s.ready_timeout) and a ready machine can take its seat"
                 )
             elif n in members and not members[n].eligible:
-                why = "it may no longer be a server (leaving, or node.role agent)"
+                why = (
+                    "it may not be a server now (leaving, node.role agent, or pausing after "
+                    "its k3s failed to come up as the first server)"
+                )
             else:
                 why = f"servers.count is lower ({inp.count})"
             parts.append(f"demoted {n} because {why}")

@@ -89,6 +89,7 @@ class FleetRoles(RoleSource):
         # Per member: its last heartbeat stamp and when (local monotonic time) we first saw it.
         self._seen: dict[str, tuple[float, float]] = {}
         self._unready_since: dict[str, float] = {}  # assigned servers seen without a ready k3s
+        self._failed_until: dict[str, float] = {}  # demoted for that: ranked last until then
         self._blind = True  # no good read since start-up or since the last failed cycle
         # The bootstrap lease (D2): ours until this local time; no k3s before _boot_wait_until;
         # no attempt before _boot_pause_until (after our k3s failed to come up).
@@ -260,10 +261,13 @@ class FleetRoles(RoleSource):
                 dead_after=self.cfg.coordination.dead_after,
                 unready=self._unready(),
                 unready_after=self.cfg.k3s.ready_timeout,
+                avoid=frozenset(n for n, t in self._failed_until.items() if t > _now()),
             )
         )
         if d.roles != self.assigned:
             if await self.ds.assign_roles(d.roles, self.me):
+                for name in d.failed:
+                    self._failed_until[name] = _now() + 2 * self.cfg.k3s.ready_timeout
                 self.counters["decisions"] += 1
                 log.info("coordinator decision: %s", d.reason)
                 self.assigned = dict(d.roles)

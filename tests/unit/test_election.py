@@ -148,6 +148,21 @@ def test_a_server_whose_k3s_never_gets_ready_gives_its_seat_to_a_ready_machine()
     assert decide(inp).roles == {"a": A, "c": S}
 
 
+def test_a_server_demoted_for_never_getting_ready_is_ranked_last_for_a_while() -> None:
+    members = [m("a", role=A), m("b", role=S, ready=True), m("c"), m("d")]
+    inp = ElectionInput(members, {"b": S, "a": A, "c": A, "d": A}, 2, 10.0, avoid=frozenset("a"))
+    assert decide(inp).roles == {"a": A, "b": S, "c": S, "d": A}
+    first = ElectionInput(
+        [m("a", role=S), m("b", role=S, ready=True), m("c", ready=True)],
+        {"a": S, "b": S, "c": A},
+        2,
+        10.0,
+        unready={"a": 61.0},
+        unready_after=60.0,
+    )
+    assert decide(first).failed == frozenset({"a"})
+
+
 def test_decide_is_stable_when_fed_its_own_output() -> None:
     members = [m(n) for n in "edcba"]
     first = decide(ElectionInput(members, {}, 3, 10.0))
