@@ -274,6 +274,28 @@ class FleetRoles(RoleSource):
             else:
                 self.is_coordinator = False
 
+    async def reconfigure(self, cfg: Config) -> None:
+        """A reload (daemon.py refuses one that changes a restart-only key): eligibility,
+        timings and counts are read from ``self.cfg`` every cycle; the k3s command line is
+        re-applied (k3s restarts when it changed) and the loop runs at once."""
+        self.cfg = cfg
+        self.can_coordinate = cfg.node.role is not RolePreference.AGENT
+        if not self.leaving:
+            self.eligible = self.can_coordinate
+        if self.is_coordinator and not self.can_coordinate:
+            self.is_coordinator = False
+            try:
+                await self.ds.release_lease(COORDINATOR_LEASE, self.me)
+            except DatastoreError as err:
+                log.warning("could not release the coordinator lease: %s", err)
+        w = self.wanted
+        if w.role is Role.SERVER:
+            w = Wanted(Role.SERVER, cfg.registration.address or cfg.node.address, w.reason)
+        elif w.role is Role.AGENT and cfg.registration.address:
+            w = Wanted(Role.AGENT, cfg.registration.address, w.reason)
+        await self.apply(w, force=True)
+        self._wake.set()
+
     async def _learn_coordinator(self) -> None:
         """Who holds the coordinator lease, for status: read only when unknown or when the
         known holder's heartbeat is late, so it costs nothing at rest."""

@@ -164,11 +164,36 @@ class StaticRoles(RoleSource):
         return {**super().status(), "peers": self.peers.status()}
 
 
+def uses_fleet(cfg: Config) -> bool:
+    """A shared MySQL/PostgreSQL datastore: the coordinator decides this machine's role."""
+    return bool(cfg.datastore.endpoint) and not cfg.datastore.is_sqlite
+
+
+def describe_role(cfg: Config) -> str:
+    """What ``run`` does with this config, in one sentence (``check-config`` prints it)."""
+    reg = cfg.registration
+    if uses_fleet(cfg):
+        if cfg.node.role is RolePreference.AGENT:
+            where = reg.address or "a ready server of the fleet"
+            return f"fleet member, always an agent (node.role agent), joining {where}"
+        pinned = ", preferred (node.role server)" if cfg.node.role is RolePreference.SERVER else ""
+        vip = (
+            f"; holds the VIP {reg.address} (VRRP) while a server"
+            if reg.vip.enabled and reg.address
+            else ""
+        )
+        return (
+            f"fleet member: the coordinator decides whether it is one of the "
+            f"{cfg.servers.count} server(s){pinned}, else an agent{vip}"
+        )
+    return static_role(cfg).reason
+
+
 def build_role_source(
     cfg: Config, supervisor: Supervisor, *, vip: VipKeeper, peers: PeerBook
 ) -> RoleSource:
     """Pick the role source for this config."""
-    if cfg.datastore.endpoint and not cfg.datastore.is_sqlite:
+    if uses_fleet(cfg):
         from k3snoded.fleet import FleetRoles
 
         return FleetRoles(cfg, supervisor, vip=vip, peers=peers)

@@ -68,11 +68,7 @@ class VipGuard:
 
 class VipKeeper:
     def __init__(self, cfg: Config) -> None:
-        reg = cfg.registration
-        self.enabled = reg.vip.enabled and bool(reg.address)
-        self.address = reg.address
-        self.interface = reg.vip.interface or cfg.node.interface
-        self.cfg = cfg
+        self._configure(cfg)
         self._speaker: VrrpSpeaker | None = None
         self._task: asyncio.Task[None] | None = None
         self._guard: VipGuard | None = None
@@ -81,11 +77,37 @@ class VipKeeper:
         self._started = 0.0  # loop time the current speaker started
         self._retry_at = 0.0  # no new speaker before this loop time (after a failure)
         self._retry_delay = RETRY_FIRST
+
+    def _configure(self, cfg: Config) -> None:
+        reg = cfg.registration
+        self.enabled = reg.vip.enabled and bool(reg.address)
+        self.address = reg.address
+        self.interface = reg.vip.interface or cfg.node.interface
+        self.cfg = cfg
         if self.enabled:
             # Import now, not at the first promotion: after a package upgrade /opt holds the
             # new code while this daemon still runs the old one (packaging/README.md).
             import k3snoded.vrrp.netlink
             import k3snoded.vrrp.speaker  # noqa: F401
+
+    async def reconfigure(self, cfg: Config) -> None:
+        """A reload: when the VIP's settings changed, release the VIP (a master sends priority
+        0 and removes it) and let the next ``ensure`` start a speaker with the new ones."""
+        old = (self.enabled, self.address, self.interface, self.cfg.registration.vip)
+        new_vip = cfg.registration
+        new = (
+            new_vip.vip.enabled and bool(new_vip.address),
+            new_vip.address,
+            new_vip.vip.interface or cfg.node.interface,
+            new_vip.vip,
+        )
+        if old != new and self._speaker is not None:
+            log.info(
+                "reload: releasing the VIP %s; the new settings start a new speaker", self.address
+            )
+            await self.stop()
+        self._configure(cfg)
+        self._retry_at, self._retry_delay = 0.0, RETRY_FIRST
 
     def _vip(self) -> IPv4Interface:
         return IPv4Interface(f"{self.address}/{self.cfg.registration.vip.prefix}")
