@@ -25,6 +25,7 @@ typecheck: setup
 # Everything CI runs: installs what is missing, starts the databases, lints, type-checks, tests.
 test: setup dbs lint typecheck
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m tests.sim --seeds 2000
 
 unit: setup
 	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)

@@ -297,7 +297,9 @@ class SimMachine:
     def _reconfigure(self, cfg: Config) -> None:
         roles = self.roles
         if roles is not None and self.task is not None and not self.task.done():
-            self.world.loop.create_task(roles.reconfigure(cfg))
+            task = self.world.loop.create_task(roles.reconfigure(cfg))
+            self.world._faults.add(task)
+            task.add_done_callback(self.world._faults.discard)
 
 
 class _TraceHandler(logging.Handler):
@@ -331,6 +333,7 @@ class World:
             m.host.slow_stop = slow
         self._writes_seen = 0
         self._pids = itertools.count(1000)
+        self._faults: set[asyncio.Task[None]] = set()
         self._settle_logged = False
 
     @property
@@ -477,7 +480,9 @@ class World:
 
     def _inject(self, fault: Fault) -> None:
         if self.violation is None:
-            self.loop.create_task(self._run_fault(fault))
+            task = self.loop.create_task(self._run_fault(fault))
+            self._faults.add(task)  # a fault may wait on a machine that crashes: keep it
+            task.add_done_callback(self._faults.discard)
 
     async def _run_fault(self, f: Fault) -> None:
         m = self.machines[f.machine] if f.machine is not None else None
