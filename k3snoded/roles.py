@@ -149,8 +149,16 @@ class StaticRoles(RoleSource):
 
     async def run(self) -> None:
         while not self.left:
-            await self.apply(static_role(self.cfg, self.peers.registration() or ""))
+            await self.apply(static_role(self.cfg, self._learned()))
             await asyncio.sleep(1.0)
+
+    def _learned(self) -> str:
+        """A registration address learned from peers. Once an agent runs with one it keeps
+        it: what peers announce changes with their health (without registration.address each
+        server announces its own), and k3s's agent load balancer follows the servers anyway."""
+        if self.wanted.role is Role.AGENT and self.wanted.registration:
+            return self.wanted.registration
+        return self.peers.registration() or ""
 
     async def leave(self) -> None:
         self.left = True
@@ -158,7 +166,7 @@ class StaticRoles(RoleSource):
 
     async def reconfigure(self, cfg: Config) -> None:
         self.cfg = cfg
-        await self.apply(static_role(cfg, self.peers.registration() or ""), force=True)
+        await self.apply(static_role(cfg, self._learned()), force=True)
 
     def status(self) -> dict[str, Any]:
         return {**super().status(), "peers": self.peers.status()}
