@@ -387,8 +387,9 @@ class World:
             return  # leaving, or the bootstrap fence (it cannot know the k3s just came up)
         if new is proc.role:
             self.fail(m.name, f"k3s {new.value} restarted without a change of role or config")
-        row = self.server.members.get(m.name)
-        if new is Role.NONE and row is not None and row.assigned is proc.role:
+        # (judged by the assignment the daemon last read, not a newer one it cannot know)
+        seen = roles.assigned.get(m.name) if roles is not None else None
+        if new is Role.NONE and seen is proc.role:
             self.fail(m.name, f"k3s {proc.role.value} stopped while still assigned that role")
 
     # ---- invariants ----------------------------------------------------------------------------
