@@ -12,7 +12,7 @@ import pytest
 
 from tests.lab import dbs
 from tests.lab.fixtures import LabFactory, lab_factory, require_root
-from tests.lab.fleet import PYTHON, Fleet, Status
+from tests.lab.fleet import PYTHON, REPO, Fleet, Status
 
 __all__ = ["lab_factory"]
 
@@ -353,3 +353,69 @@ def test_without_registration_address_losing_a_server_restarts_no_surviving_k3s(
     same = {n: before[n] for n in after if n not in promoted}
     assert {n: after[n] for n in same} == same, fleet.table()
     assert all(s is not None and s["k3s"]["ready"] for s in st.values()), fleet.table()
+
+
+def test_a_coordinator_dying_in_its_role_write_does_not_stop_failover(
+    lab_factory: LabFactory,
+) -> None:
+    """The datastore connections go through the contract suite's proxy, which silences the
+    connection that sends a role write (the coordinator's machine dies right then: the server
+    is not told); the test then crashes that machine. Before, the write was a transaction whose
+    SELECT ... FOR UPDATE had locked the lease row for hours: nobody could coordinate again."""
+    lab = lab_factory(5, with_db=True)
+    db = dbs.start(lab, "postgres")
+    assert lab.db is not None
+    report, armed = lab.workdir / "silenced", lab.workdir / "armed"
+    report.touch()
+    port = 15432
+    proxy = lab.db.spawn(
+        [
+            str(PYTHON),
+            "-m",
+            "tests.contract.proxy",
+            "--listen",
+            f"{db.host}:{port}",
+            "--target",
+            f"{db.host}:{db.port}",
+            "--silence-on",
+            "UPDATE k3snoded_members SET assigned",
+            "--report",
+            str(report),
+            "--armed-by",
+            str(armed),
+        ],
+        cwd=REPO,
+    )
+    assert proxy.poll() is None
+    endpoint = db.endpoint.replace(f":{db.port}/", f":{port}/")
+    fleet = Fleet(lab, endpoint=endpoint, eligible=4, agents=1, servers=2)
+    time.sleep(1.0)  # the proxy listens
+    fleet.start_all()
+    st = fleet.wait(fleet.converged, timeout=90, what="fleet formed through the proxy")
+    armed.touch()  # formation's role writes went through; from now on the next one is cut
+    coordinator = next(n for n, s in st.items() if s and s.get("coordinator") == n)
+    victim = sorted(_servers(st) - {coordinator})[0]
+    _crash(fleet, victim)  # the coordinator now writes a new decision...
+    deadline = time.monotonic() + 30
+    while not report.read_text().strip() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    silenced = report.read_text().split()
+    assert silenced, "no role write was sent"
+    writer = next(n.name for n in fleet.nodes if n.machine.address == silenced[0])
+    _crash(fleet, writer)  # ...and dies in the middle of it
+    rest = {n.name for n in fleet.nodes if not n.agent_only} - {victim, writer}
+    fleet.wait(
+        lambda st: (
+            _ready_servers(st) >= rest
+            and all((st[n] or {}).get("coordinator") in rest for n in rest)
+        ),
+        timeout=10 + 10 + 5 + 30,  # lease TTL + dead_after + decision + the stand-in's start
+        what="a new coordinator and two ready servers",
+    )
+
+
+def _crash(fleet: Fleet, name: str) -> None:
+    node = fleet.node(name)
+    for pid in node.machine.pids():
+        node.machine.kill(pid)
+    node.machine.link_down()
