@@ -132,6 +132,11 @@ class Session:
             future = loop.run_in_executor(self._executor, self._call, fn, connect, abandoned)
             try:
                 return await asyncio.wait_for(asyncio.shield(future), limit)
+            except asyncio.CancelledError:
+                abandoned.set()  # our caller went away: the worker may still be in the call
+                self._stuck = future
+                future.add_done_callback(_consume)
+                raise
             except TimeoutError:
                 abandoned.set()  # still connecting: do not run the statement after all
                 self._stuck = future

@@ -3,9 +3,9 @@ without touching the shared database servers.
 
 Run as a program (``python -m tests.contract.proxy``) inside a lab namespace it is the lab's
 "abandoned transaction": the first client message containing ``--silence-on`` TEXT silences
-that connection (and only that one) (nothing more forwarded either way, the server's side kept open, as when the
-client's machine dies), and the client's address is appended to ``--report``; with
-``--armed-by FILE`` only while FILE exists.
+that connection, and only that one (nothing more forwarded either way, the server's side kept
+open, as when the client's machine dies); the client's address is appended to ``--report``.
+With ``--armed-by FILE``, only while FILE exists.
 """
 
 from __future__ import annotations
