@@ -214,7 +214,9 @@ class Daemon:
                 )
                 return
             log.info(
-                "SIGHUP: applying %s from %s", ", ".join(changed_keys(self.cfg, new)), new.source
+                "SIGHUP: configuration reloaded from %s: applying %s",
+                new.source,
+                ", ".join(changed_keys(self.cfg, new)),
             )
             self.cfg = new
             try:

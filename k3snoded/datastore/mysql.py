@@ -157,7 +157,7 @@ class MysqlDialect(Dialect):
             f"INSERT INTO k3snoded_leases (name, holder, expires_at) VALUES (?, ?, {self.now} + ?) "
             "ON DUPLICATE KEY UPDATE "
             "holder = IF(holder = VALUES(holder) "
-            f"OR expires_at <= {self.now} OR expires_at > VALUES(expires_at), "
+            f"OR expires_at <= {self.now} OR expires_at > VALUES(expires_at) + ?, "
             "VALUES(holder), holder), "
             "expires_at = IF(holder = VALUES(holder), VALUES(expires_at), expires_at)"
         )

@@ -109,15 +109,17 @@ class Dialect(abc.ABC):
     def lease_upsert(self) -> str:
         """The lease statement; parameters (name, holder, ttl); row count > 0 means held.
 
-        Taken when free, expired, ours, or void: expiring later than a fresh lease would
-        (``now + ttl``) only happens when the database clock stepped back, and must not keep a
-        dead holder's lease for the length of the step."""
+        Taken when free, expired, ours, or void: expiring more than a TTL later than a fresh
+        lease would (``now + 2 ttl``; the second parameter ``ttl`` is that margin) only happens
+        when the database clock stepped back, and must not keep a dead holder's lease for the
+        length of the step. The margin covers contenders whose statement began (``now``) a
+        lock wait before the winner's: without it they took the lease from the winner."""
         return (
             f"INSERT INTO {LEASES} (name, holder, expires_at) VALUES (?, ?, {self.now} + ?) "
             "ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, "
             "expires_at = excluded.expires_at "
             f"WHERE {LEASES}.holder = excluded.holder OR {LEASES}.expires_at <= {self.now} "
-            f"OR {LEASES}.expires_at > excluded.expires_at"
+            f"OR {LEASES}.expires_at > excluded.expires_at + ?"
         )
 
     @abc.abstractmethod
@@ -307,7 +309,7 @@ class SqlDatastore(Datastore):
 
     async def try_lease(self, name: str, holder: str, ttl: float) -> bool:
         def acquire(cur: CountingCursor) -> bool:
-            cur.execute(self.dialect.lease_upsert(), (name, holder, float(ttl)))
+            cur.execute(self.dialect.lease_upsert(), (name, holder, float(ttl), float(ttl)))
             return cur.rowcount > 0
 
         return await self._session.run(acquire)

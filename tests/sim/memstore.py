@@ -264,7 +264,7 @@ class Server:
     def take_lease(self, name: str, holder: str, ttl: float) -> bool:
         now = self.now()
         lease = self.leases.get(name)
-        if lease is not None and lease[0] != holder and now < lease[1] <= now + ttl:
+        if lease is not None and lease[0] != holder and now < lease[1] <= now + 2 * ttl:
             return False
         if name == COORDINATOR_LEASE and (lease is None or lease[0] != holder):
             self.epoch += 1
