@@ -4,8 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test check lint typecheck unit dbs dbs-stop demo demo-systemd bench soak package clean \
-	systemd-lab systemd-roots
+.PHONY: setup test check lint typecheck unit sim dbs dbs-stop demo demo-systemd bench soak package \
+	clean systemd-lab systemd-roots
 
 setup:
 	@scripts/setup.sh
@@ -26,9 +26,17 @@ typecheck: setup
 # Everything CI runs: installs what is missing, starts the databases, lints, type-checks, tests.
 test: setup dbs lint typecheck systemd-roots
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m tests.sim --seeds 2000
 
 unit: setup
 	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
+
+# The deterministic fleet simulator (tests/sim): SEEDS seeds from START; one failing seed is
+# replayed with its trace by `.venv/bin/python -m tests.sim --seed N`.
+SEEDS ?= 2000
+START ?= 0
+sim: setup
+	$(PY) -m tests.sim --seeds $(SEEDS) --start $(START)
 
 demo: setup
 	$(PY) -m tests.lab.demo $(DEMO_ARGS)

@@ -33,6 +33,15 @@ class Checker:
         self.explicit = explicit
         self.problems: list[ConfigProblem] = []
 
+    def raw(self, key: str) -> object:
+        """The value a file set for ``key`` (None when unset)."""
+        value: object = self.sources.tree
+        for part in key.split("."):
+            if not isinstance(value, dict):
+                return None
+            value = value.get(part)
+        return value
+
     def add(self, key: str, reason: str) -> None:
         self.problems.append(ConfigProblem(self.sources.file_of(key, self.main), key, reason))
 
@@ -67,6 +76,7 @@ def check(
     _servers(c, cfg)
     _registration(c, cfg)
     _config_k3s.check(c, cfg)  # what real k3s refuses or mishandles
+    _contradictions(c, cfg)
     c.each("discovery.seeds", cfg.discovery.seeds, rules.check_seed)
     if cfg.api.listen:
         reason = rules.check_listen(cfg.api.listen)
@@ -259,6 +269,39 @@ def _servers(c: Checker, cfg: Config) -> None:
             f"is {count}, but without datastore.endpoint and registration.address this node "
             f"would run a lone server on SQLite; {why}, or set node.role: agent on machines "
             "that only join",
+        )
+
+
+def _contradictions(c: Checker, cfg: Config) -> None:
+    """Parts that contradict each other: refused, never silently reinterpreted. What a machine
+    without a shared datastore runs is ``roles.static_role``: an agent when it has a
+    registration address and no endpoint, else a single server on SQLite, which never holds a
+    VIP (only fleet servers run the VRRP speaker)."""
+    reg, role = cfg.registration, cfg.node.role
+    shared = bool(cfg.datastore.endpoint) and not cfg.datastore.is_sqlite
+    vip_set = c.raw("registration.vip.enabled")
+    if not reg.address and vip_set is True and role is not RolePreference.AGENT:
+        c.add(
+            "registration.vip.enabled",
+            "is true, but registration.address is empty: there is no address to hold; set "
+            "registration.address to the VIP, or remove registration.vip.enabled",
+        )
+    if shared or not reg.address:
+        return
+    if role is RolePreference.SERVER and cfg.datastore.endpoint == "":
+        c.add(
+            "node.role",
+            f"is server, but without a shared datastore (datastore.endpoint) a machine with a "
+            f"registration address ({reg.address}) joins it as an agent; set datastore.endpoint "
+            "to the fleet's MySQL/PostgreSQL, or remove node.role: server",
+        )
+    elif role is not RolePreference.AGENT and cfg.datastore.endpoint and reg.vip.enabled:
+        c.add(
+            "registration.vip.enabled",
+            f"is true, but this machine runs a single server on SQLite "
+            f"({cfg.datastore.endpoint}) and never holds the VIP {reg.address} (only servers "
+            "of a fleet with a shared datastore run VRRP); set registration.vip.enabled: false "
+            "if your own load balancer or DNS name serves that address",
         )
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from k3snoded._config_build import Builder
 from k3snoded._config_check import check
 from k3snoded._config_host import HostFacts, Interface, detect_host
+from k3snoded._config_reload import changed_keys, needs_restart
 from k3snoded._config_rules import hide_password
 from k3snoded._config_yaml import DROPIN_DIR, Sources, read_sources
 from k3snoded.errors import ConfigError, ConfigProblem
@@ -37,9 +38,11 @@ __all__ = [
     "RegistrationConfig",
     "ServersConfig",
     "VipConfig",
+    "changed_keys",
     "config_summary",
     "detect_host",
     "load_config",
+    "needs_restart",
 ]
 
 DEFAULT_CONFIG = Path("/etc/k3snoded/config.yaml")

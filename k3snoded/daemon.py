@@ -14,7 +14,7 @@ from typing import Any
 
 from k3snoded import __version__, handover, k3s
 from k3snoded.api import ApiServer
-from k3snoded.config import Config, load_config
+from k3snoded.config import Config, changed_keys, load_config, needs_restart
 from k3snoded.coredump import forbid_core_dumps
 from k3snoded.discovery.signing import derive_key
 from k3snoded.errors import EX_CONFIG, ConfigError, InstallError, K3snodedError
@@ -167,7 +167,7 @@ class Daemon:
                     await self.vip.hand_over()
                 else:
                     log.info("stopping: releasing the role, then stopping k3s")
-                    await self.roles.stop()
+                    await self.roles.stop()  # ends the role loop first, then releases VIP, lease
                     roles.cancel()
                 await self.supervisor.shutdown(stop_child=not restart)
                 await sup
@@ -227,21 +227,39 @@ class Daemon:
             if new == self.cfg:
                 log.info("SIGHUP: configuration unchanged")
                 return
-            restart_only = []
-            if new.node.run_dir != self.cfg.node.run_dir:
-                restart_only.append("node.run_dir")
-            if new.api != self.cfg.api:
-                restart_only.append("api")
-            if restart_only:
-                log.warning("SIGHUP: %s take effect only after a restart", ", ".join(restart_only))
-            log.info("SIGHUP: configuration reloaded from %s", new.source)
+            restart = needs_restart(self.cfg, new)
+            if "cluster.token_file" not in restart and await asyncio.to_thread(
+                self._token_changed, new
+            ):
+                restart.append("cluster.token_file (its content)")
+            if restart:
+                log.error(
+                    "SIGHUP: reload refused, keeping the running configuration: %s can only "
+                    "change with a restart (systemctl restart k3snoded); nothing else was applied",
+                    ", ".join(restart),
+                )
+                return
+            log.info(
+                "SIGHUP: configuration reloaded from %s: applying %s",
+                new.source,
+                ", ".join(changed_keys(self.cfg, new)),
+            )
             self.cfg = new
             try:
                 await asyncio.to_thread(self._prepare_files)  # before k3s restarts with them
             except (OSError, K3snodedError) as err:
                 log.error("SIGHUP: cannot prepare the token or node password files: %s", err)
                 return
+            await self.vip.reconfigure(new)
             await self.roles.reconfigure(new)
+
+    def _token_changed(self, new: Config) -> bool:
+        """Whether the token file now holds another token than the one the daemon runs with."""
+        try:
+            key = derive_key(read_token(new.cluster.token_file), new.cluster.name)
+        except (OSError, K3snodedError):
+            return True
+        return key != self.peers.key
 
     async def _watch(self) -> None:
         """Feed the watchdog, keep STATUS= current, send READY=1 once the role runs."""

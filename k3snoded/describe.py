@@ -6,6 +6,7 @@ from typing import Any
 
 from k3snoded._config_rules import hide_password
 from k3snoded.config import Config
+from k3snoded.roles import describe_role
 
 
 def _redact_endpoint(endpoint: str) -> str:
@@ -33,6 +34,7 @@ def describe_config(cfg: Config) -> str:
         f"  cluster       {cfg.cluster.name}",
         f"  node          {cfg.node.name} ({cfg.node.address or 'address not detected'}"
         f" on {cfg.node.interface or '?'}), role {cfg.node.role.value}",
+        f"  this machine  {describe_role(cfg)}",
         f"  datastore     {ds}",
         f"  servers       {cfg.servers.count}{' dedicated' if cfg.servers.dedicated else ''}",
         f"  registration  {reg.address or '(learned from peers)'}; {vip}",

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import logging
-import math
-import time
-from typing import Any
+from typing import Any, Protocol
 
 from k3snoded.config import Config, CoordinationConfig
 from k3snoded.datastore import (
@@ -28,15 +27,15 @@ from k3snoded.datastore import (
     COORDINATOR_LEASE,
     Datastore,
     MemberRecord,
+    MemberRow,
     open_datastore,
 )
 from k3snoded.datastore.startup import prepare
 from k3snoded.election import ElectionInput, decide
 from k3snoded.errors import DatastoreError
-from k3snoded.model import Member, Role, RolePreference
-from k3snoded.peers import PeerBook
-from k3snoded.roles import RoleSource, Wanted, remembered_role
-from k3snoded.supervisor import ChildStatus, Supervisor
+from k3snoded.model import ChildState, Member, Role, RolePreference
+from k3snoded.roles import ChildControl, RoleSource, Wanted, remembered_role
+from k3snoded.supervisor import ChildStatus
 from k3snoded.vip import VipKeeper
 
 log = logging.getLogger("k3snoded.fleet")
@@ -45,14 +44,28 @@ VERIFIER_FLAG = "fleet_verifier"  # a verifier of the fleet's cluster key (token
 FAST_CYCLE = 0.5  # seconds between cycles while the fleet converges
 
 
+class PeerView(Protocol):
+    """What the fleet loop needs from discovery (``peers.PeerBook``)."""
+
+    @property
+    def key(self) -> bytes: ...
+
+    def registration(self) -> str | None: ...
+
+
+def _now() -> float:
+    """The loop's clock: ``time.monotonic()`` in the daemon, virtual time in the simulator."""
+    return asyncio.get_running_loop().time()
+
+
 class FleetRoles(RoleSource):
     def __init__(
         self,
         cfg: Config,
-        supervisor: Supervisor,
+        supervisor: ChildControl,
         *,
         vip: VipKeeper,
-        peers: PeerBook,
+        peers: PeerView,
         datastore: Datastore | None = None,
     ) -> None:
         super().__init__(cfg, supervisor)
@@ -73,12 +86,27 @@ class FleetRoles(RoleSource):
         self._outage_logged = False
         self._last_try = 0.0
         self._wake = asyncio.Event()
-        self._ds_ok_since: float | None = None  # start of the current run of good cycles
+        # Per member: its last heartbeat stamp and when (local monotonic time) we first saw it.
+        self._seen: dict[str, tuple[float, float]] = {}
+        self._unready_since: dict[str, float] = {}  # assigned servers seen without a ready k3s
+        self._failed_until: dict[str, float] = {}  # demoted for that: ranked last until then
+        self._blind = True  # no good read since start-up or since the last failed cycle
+        # The bootstrap lease (D2): ours until this local time; no k3s before _boot_wait_until;
+        # no attempt before _boot_pause_until (after our k3s failed to come up).
+        self._boot_until: float | None = None
+        self._boot_wait_until = 0.0
+        self._boot_pause_until = 0.0
+        self._boot_failed = False
+        self._fence_timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[Any] | None = None  # the loop, ended first by stop()
         supervisor.on_change(self._child_changed)
 
     def _child_changed(self, status: ChildStatus) -> None:
         """k3s became ready (or stopped being): act now, not at the next cycle."""
         self.vip.health(status.ready)
+        bootstrapping = self.bootstrapped_by is None and self._boot_until is not None
+        if bootstrapping and self.wanted.role is Role.SERVER and status.state is ChildState.BACKOFF:
+            self._boot_failed = True  # exited, or not ready within k3s.ready_timeout
         self._wake.set()
 
     def _at_rest(self) -> bool:
@@ -94,6 +122,7 @@ class FleetRoles(RoleSource):
 
     # ---- the loop ------------------------------------------------------------------------
     async def run(self) -> None:
+        self._task = asyncio.current_task()
         await self.vip.remove_stale()
         before = await asyncio.to_thread(remembered_role, self.cfg)
         if before is not None and before.role is Role.AGENT and before.registration:
@@ -101,14 +130,17 @@ class FleetRoles(RoleSource):
             await self.apply(
                 Wanted(Role.AGENT, before.registration, "resuming the agent role it had before")
             )
+        elif before is not None and before.role is Role.SERVER:
+            # Not started (a server waits for the coordinator), but remembered: a k3s server
+            # left running by the previous daemon is adopted, and if it came up as the first
+            # server while no daemon watched, _bootstrap records that instead of stopping it.
+            self.wanted = Wanted(Role.SERVER, before.registration, before.reason)
         await self._preflight()
         interval = self.cfg.coordination.renew_interval
         while not self.left:
-            started = time.monotonic()
+            started = _now()
             try:
                 await self._cycle()
-                if self._ds_ok_since is None:
-                    self._ds_ok_since = time.monotonic()
                 if self._outage_logged:
                     log.info("datastore reachable again; resuming coordination")
                     self._outage_logged = False
@@ -122,40 +154,52 @@ class FleetRoles(RoleSource):
                     )
                     self._outage_logged = True
                 self.is_coordinator = False
-                self._ds_ok_since = None
+                self._blind = True
             await self.vip.ensure(
                 run=self.wanted.role is Role.SERVER, healthy=self.supervisor.status.ready
             )
             # At rest one cycle per renew interval (the statement budget); while converging,
             # a fast cycle, and a change of the local k3s wakes the loop at once.
             period = interval if self._at_rest() else min(FAST_CYCLE, interval)
-            elapsed = time.monotonic() - started
+            elapsed = _now() - started
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), max(0.05, period - elapsed))
 
     async def _preflight(self) -> None:
-        """Preflight and schema, retried with backoff until the datastore answers; then make
-        sure this machine belongs to the fleet that uses this datastore."""
+        """Preflight and schema, retried until the datastore answers; then make sure this
+        machine belongs to the fleet that uses this datastore.
+
+        Retries are never further apart than a heartbeat cycle: a machine whose daemon
+        restarted during an outage must heartbeat again well within ``dead_after`` of the
+        datastore's return, or the fleet replaces it (its k3s, adopted, is fine)."""
         if self.wanted.role is Role.NONE:
             self.wanted = Wanted(Role.NONE, "", "waiting for the datastore to answer")
-        await prepare(self.ds)
+        retry = self.cfg.coordination.renew_interval
+        await prepare(self.ds, max_delay=retry)
         log.info("datastore ready: %s", self.ds.description)
-        for attempt in range(1_000_000):
+        failing, refused = "", False
+        for _attempt in range(1_000_000):
             try:
-                if await self._same_fleet():
-                    return
-            except DatastoreError as err:
-                log.warning("cannot check the fleet's token verifier: %s", err)
-            if attempt == 0:
+                same = await self._same_fleet()
+            except DatastoreError as err:  # not an answer: ask again, claim nothing
+                if str(err) != failing:
+                    log.warning("cannot check the fleet's token verifier (%s); retrying", err)
+                    failing = str(err)
+                await asyncio.sleep(retry)
+                continue
+            if same:
+                return
+            if not refused:
                 log.error(
                     "refusing to join: this machine's cluster token or cluster name differs from "
                     "those of the fleet in %s (no heartbeat, no role); fix "
-                    "cluster.token_file / cluster.name and reload",
+                    "cluster.token_file / cluster.name and restart k3snoded",
                     self.ds.description,
                 )
-            self.wanted = Wanted(
-                Role.NONE, "", "refused: the cluster token or name differs from the fleet's"
+                refused = True
+            await self.apply(
+                Wanted(Role.NONE, "", "refused: the cluster token or name differs from the fleet's")
             )
             await asyncio.sleep(30.0)
 
@@ -164,14 +208,12 @@ class FleetRoles(RoleSource):
         machine stores it). Datastore credentials alone do not make a machine a member: a
         machine with another token would otherwise be elected and fail k3s's bootstrap."""
         mine = hmac.new(self.peers.key, b"k3snoded token check", hashlib.sha256).hexdigest()
-        stored = (await self.ds.flags()).get(VERIFIER_FLAG)
-        if stored is None:
-            await self.ds.set_flag(VERIFIER_FLAG, mine)
-            stored = (await self.ds.flags()).get(VERIFIER_FLAG, mine)
+        # Insert-if-absent: of two first machines with different tokens, exactly one wins.
+        stored = await self.ds.claim_flag(VERIFIER_FLAG, mine)
         return hmac.compare_digest(stored, mine)
 
     async def _cycle(self) -> None:
-        t0 = time.monotonic()
+        t0 = _now()
         child = self.supervisor.status
         rows = await self.ds.sync(
             MemberRecord(
@@ -179,13 +221,15 @@ class FleetRoles(RoleSource):
                 address=self.cfg.node.address,
                 api_port=self.cfg.api.port,
                 preference=self.cfg.node.role,
-                eligible=self.eligible,
+                # A machine whose k3s failed to come up as the first server steps out of the
+                # running for a while, so the coordinator gives its seat to another.
+                eligible=self.eligible and _now() >= self._boot_pause_until,
                 role=self.wanted.role,
                 ready=child.ready,
             )
         )
-        self.counters["renew_seconds"] = time.monotonic() - t0
-        self.members = [r.member for r in rows]
+        self.counters["renew_seconds"] = _now() - t0
+        self.members = self._observe(rows)
         self.assigned = {r.member.name: r.assigned for r in rows if r.assigned is not None}
         if self.can_coordinate:
             await self._coordinate()
@@ -196,7 +240,7 @@ class FleetRoles(RoleSource):
 
     async def _coordinate(self) -> None:
         ttl = self.cfg.coordination.lease_ttl
-        now = time.monotonic()
+        now = _now()
         if lease_due(now - self._last_try, holder=self.is_coordinator, c=self.cfg.coordination):
             self._last_try = now  # taken before the statement: the lease is at least this new
             was = self.is_coordinator
@@ -214,16 +258,43 @@ class FleetRoles(RoleSource):
                 members=self.members,
                 assigned=self.assigned,
                 count=self.cfg.servers.count,
-                dead_after=self._dead_after(),
+                dead_after=self.cfg.coordination.dead_after,
+                unready=self._unready(),
+                unready_after=self.cfg.k3s.ready_timeout,
+                avoid=frozenset(n for n, t in self._failed_until.items() if t > _now()),
             )
         )
         if d.roles != self.assigned:
             if await self.ds.assign_roles(d.roles, self.me):
+                for name in d.failed:
+                    self._failed_until[name] = _now() + 2 * self.cfg.k3s.ready_timeout
                 self.counters["decisions"] += 1
                 log.info("coordinator decision: %s", d.reason)
                 self.assigned = dict(d.roles)
             else:
                 self.is_coordinator = False
+
+    async def reconfigure(self, cfg: Config) -> None:
+        """A reload (daemon.py refuses one that changes a restart-only key): eligibility,
+        timings and counts are read from ``self.cfg`` every cycle; the k3s command line is
+        re-applied (k3s restarts when it changed) and the loop runs at once."""
+        self.cfg = cfg
+        self.can_coordinate = cfg.node.role is not RolePreference.AGENT
+        if not self.leaving:
+            self.eligible = self.can_coordinate
+        if self.is_coordinator and not self.can_coordinate:
+            self.is_coordinator = False
+            try:
+                await self.ds.release_lease(COORDINATOR_LEASE, self.me)
+            except DatastoreError as err:
+                log.warning("could not release the coordinator lease: %s", err)
+        w = self.wanted
+        if w.role is Role.SERVER:
+            w = Wanted(Role.SERVER, cfg.registration.address or cfg.node.address, w.reason)
+        elif w.role is Role.AGENT and cfg.registration.address:
+            w = Wanted(Role.AGENT, cfg.registration.address, w.reason)
+        await self.apply(w, force=True)
+        self._wake.set()
 
     async def _learn_coordinator(self) -> None:
         """Who holds the coordinator lease, for status: read only when unknown or when the
@@ -237,22 +308,46 @@ class FleetRoles(RoleSource):
         lease = await self.ds.lease(COORDINATOR_LEASE)
         self.coordinator = lease.holder if lease else None
 
-    def _dead_after(self) -> float:
-        """Silence means death only once every member could have written a heartbeat while we
-        watched: right after a datastore outage every heartbeat is old, and judging then would
-        demote every server at once (roles swapping after a loss)."""
-        c = self.cfg.coordination
-        grace = c.renew_interval + 2 * c.retry_timeout
-        watched = 0.0 if self._ds_ok_since is None else time.monotonic() - self._ds_ok_since
-        return c.dead_after if watched >= grace else math.inf
+    def _unready(self) -> dict[str, float]:
+        """Seconds each assigned server has been seen running a k3s server that is not ready
+        (a server still waiting for the bootstrap runs none; reset by an outage, like
+        heartbeats: nobody was watched)."""
+        now = _now()
+        since = {}
+        for m in self.members:
+            if self.assigned.get(m.name) is Role.SERVER and m.role is Role.SERVER and not m.ready:
+                since[m.name] = self._unready_since.get(m.name, now)
+        self._unready_since = since
+        return {name: now - t for name, t in since.items()}
+
+    def _observe(self, rows: list[MemberRow]) -> list[Member]:
+        """The members with ``heartbeat_age`` = local monotonic time since their heartbeat
+        stamp last changed. The database clock only stamps heartbeats; whether a member is
+        alive never depends on its rate or its steps (a forward step made every member but the
+        writer look dead at once; a backward one kept the dead alive). After a failed cycle (an
+        outage, or at start-up) nobody was watched, so every member gets a full ``dead_after``
+        again: judging right after an outage would demote every server at once."""
+        now = _now()
+        seen: dict[str, tuple[float, float]] = {}
+        out = []
+        for r in rows:
+            name = r.member.name
+            prev = self._seen.get(name)
+            since = prev[1] if prev and prev[0] == r.stamp and not self._blind else now
+            seen[name] = (r.stamp, since)
+            out.append(dataclasses.replace(r.member, heartbeat_age=now - since))
+        if self._blind:
+            self._unready_since.clear()
+        self._seen, self._blind = seen, False
+        return out
 
     async def _reconcile(self) -> None:
         mine = self.assigned.get(self.me)
         if mine is None:
             await self.apply(Wanted(Role.NONE, "", "waiting for the coordinator to assign a role"))
             return
-        registration = self._registration()
         if mine is Role.AGENT:
+            registration = self._agent_registration()
             if not registration:
                 await self.apply(
                     Wanted(Role.NONE, "", "agent, but no server is ready to register to")
@@ -260,31 +355,109 @@ class FleetRoles(RoleSource):
                 return
             await self.apply(Wanted(Role.AGENT, registration, "the coordinator assigned agent"))
             return
-        await self._reconcile_server(registration or self.cfg.node.address)
+        # A server's command line depends on this machine's config alone: --tls-san is the
+        # registration address (or nothing more than k3s's own names and node IP).
+        await self._reconcile_server(self.cfg.registration.address or self.cfg.node.address)
 
     async def _reconcile_server(self, registration: str) -> None:
         if self.bootstrapped_by is None:
             flags = await self.ds.flags()
             self.bootstrapped_by = flags.get(BOOTSTRAPPED_FLAG)
         if self.bootstrapped_by is not None:
+            self._boot_until = None
             await self.apply(Wanted(Role.SERVER, registration, "the coordinator assigned server"))
             return
-        ttl = self.cfg.coordination.lease_ttl
-        if await self.ds.try_lease(BOOTSTRAP_LEASE, self.me, ttl):
-            if self.supervisor.status.ready and self.wanted.role is Role.SERVER:
-                await self.ds.set_flag(BOOTSTRAPPED_FLAG, self.me)
+        await self._bootstrap(registration)
+
+    async def _bootstrap(self, registration: str) -> None:
+        """The first server starts alone (D2), and the bootstrap lease fences it: its holder
+        stops its unbootstrapped k3s when it cannot renew in time (``_fence``), a new holder
+        that took the lease over from another waits until that one's k3s is surely gone, and a
+        holder whose k3s fails to come up lets someone else try."""
+        c, k3s_cfg = self.cfg.coordination, self.cfg.k3s
+        if self.wanted.role is Role.SERVER and self.supervisor.status.ready:
+            # Our k3s came up as the first server: the cluster is bootstrapped, whatever
+            # became of the lease meanwhile (a slow datastore may have let it lapse).
+            await self.ds.set_flag(BOOTSTRAPPED_FLAG, self.me)
+            if self._boot_until is not None:
                 await self.ds.release_lease(BOOTSTRAP_LEASE, self.me)
-                self.bootstrapped_by = self.me
-                log.info("bootstrapped the cluster; other servers may start now")
+            self.bootstrapped_by, self._boot_until = self.me, None
+            log.info("bootstrapped the cluster; other servers may start now")
+            await self.apply(Wanted(Role.SERVER, registration, "the coordinator assigned server"))
+            return
+        now = _now()
+        if now < self._boot_pause_until:
+            await self._stop_bootstrapping("its k3s failed to start; letting another server try")
+            return
+        holding = self._boot_until is not None
+        prior = None if holding else await self.ds.last_holder(BOOTSTRAP_LEASE)
+        before = _now()
+        if not await self.ds.try_lease(BOOTSTRAP_LEASE, self.me, c.lease_ttl):
+            self._boot_until = None
+            lease = await self.ds.lease(BOOTSTRAP_LEASE)
+            holder = lease.holder if lease else "another server"
+            await self._stop_bootstrapping(f"waiting for {holder} to bootstrap the cluster first")
+            return
+        if not holding and prior not in (None, self.me):
+            wait = c.lease_ttl + k3s_cfg.stop_timeout
+            self._boot_wait_until = _now() + wait
+            log.warning(
+                "took the bootstrap lease over from %s, which did not release it: waiting %.0f s "
+                "for its unbootstrapped k3s to be stopped before starting ours",
+                prior,
+                wait,
+            )
+        self._boot_until = before + c.lease_ttl
+        self._arm_fence()
+        if self._boot_failed:
+            self._boot_failed = False
+            self._boot_pause_until = _now() + k3s_cfg.ready_timeout
+            log.warning("k3s did not come up as the first server: letting another server try")
+            await self._stop_bootstrapping("its k3s failed to start; letting another server try")
+            return
+        if _now() < self._boot_wait_until:
             await self.apply(
-                Wanted(Role.SERVER, registration, "bootstrapping the cluster (first server)")
+                Wanted(Role.NONE, "", f"waiting out {prior}'s attempt to bootstrap the cluster")
             )
             return
-        lease = await self.ds.lease(BOOTSTRAP_LEASE)
-        holder = lease.holder if lease else "another server"
         await self.apply(
-            Wanted(Role.NONE, "", f"waiting for {holder} to bootstrap the cluster first")
+            Wanted(Role.SERVER, registration, "bootstrapping the cluster (first server)")
         )
+
+    async def _stop_bootstrapping(self, reason: str) -> None:
+        """Not (or no longer) the first server: no k3s until the cluster is bootstrapped. A
+        lease we still hold is released once our k3s is gone, so the next one need not wait."""
+        await self.apply(Wanted(Role.NONE, "", reason))
+        if self._boot_until is not None and self.supervisor.status.pid is None:
+            self._boot_until = None
+            await self.ds.release_lease(BOOTSTRAP_LEASE, self.me)
+
+    def _arm_fence(self) -> None:
+        if self._fence_timer is not None:
+            self._fence_timer.cancel()
+        if self._boot_until is not None:
+            loop = asyncio.get_running_loop()
+            self._fence_timer = loop.call_at(self._boot_until, self._fence)
+
+    def _fence(self) -> None:
+        """The bootstrap lease may have expired (no renewal went through in a TTL): stop an
+        unbootstrapped k3s at once, whatever the loop is waiting for."""
+        self._fence_timer = None
+        if self.bootstrapped_by is not None or self._boot_until is None:
+            return
+        if _now() < self._boot_until:
+            self._arm_fence()
+            return
+        if self.supervisor.status.ready:
+            return  # it came up: the cluster is bootstrapped; the loop records it
+        self._boot_until = None
+        if self.wanted.role is Role.SERVER:
+            log.warning(
+                "could not renew the bootstrap lease within its TTL: stopping the unbootstrapped "
+                "k3s so that another server can bootstrap the cluster"
+            )
+            self.wanted = Wanted(Role.NONE, "", "lost the bootstrap lease: k3s stopped")
+            self.supervisor.want(None)
 
     # ---- leaving the fleet on purpose (k3snoded leave) --------------------------------------
     async def leave(self) -> None:
@@ -323,9 +496,14 @@ class FleetRoles(RoleSource):
         self.left = True
         log.info("left the fleet: k3s stopped, member row removed; stop or disable the unit now")
 
-    def _registration(self) -> str:
+    def _agent_registration(self) -> str:
+        """Where an agent joins: the registration address; without one, the server it joined
+        when it started (a running agent follows the servers through k3s's own load balancer,
+        so it is not restarted when that server dies), else the first ready server."""
         if self.cfg.registration.address:
             return self.cfg.registration.address
+        if self.wanted.role is Role.AGENT and self.wanted.registration:
+            return self.wanted.registration
         ready = sorted(
             m.address
             for m in self.members
@@ -338,8 +516,21 @@ class FleetRoles(RoleSource):
 
     # ---- lifecycle and views -------------------------------------------------------------
     async def stop(self) -> None:
+        """End the loop first, then release what it holds (VIP, coordinator lease) and close
+        the datastore: a loop still running could take the lease again or restart the VRRP
+        speaker after they were released."""
+        task = self._task
+        if task is not None and task is not asyncio.current_task() and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._fence_timer is not None:
+            self._fence_timer.cancel()
         await self.vip.stop()
-        if self.is_coordinator:
+        # Released whether or not this machine still believes it holds it (a failed renewal
+        # may have lied): the statement frees it only if the row names us. The bootstrap
+        # lease is not released here: k3s stops after this, and a successor must wait it out.
+        if self.can_coordinate:
             try:
                 await self.ds.release_lease(COORDINATOR_LEASE, self.me)
             except DatastoreError as err:

@@ -104,3 +104,4 @@ class Decision:
 
     roles: dict[str, Role] = field(default_factory=dict)
     reason: str = ""
+    failed: frozenset[str] = frozenset()  # servers demoted because their k3s never got ready

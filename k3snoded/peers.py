@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("k3snoded.peers")
 
 REANNOUNCE_CHECK = 1.0  # seconds between checks whether our announcement must change
+RETRY_FIRST = 1.0  # seconds before mDNS is tried again after it could not start; doubles
+RETRY_MAX = 30.0
 
 
 class PeerBook:
@@ -54,16 +56,29 @@ class PeerBook:
                 self.cfg.discovery.seeds, self._key, self.cfg.cluster.name, local=self._announced
             )
             await self.seeds.start()
-        if self.cfg.discovery.mdns and self.cfg.node.address:
-            from k3snoded.discovery.mdns import MdnsDiscovery
-
-            self.mdns = MdnsDiscovery(
-                key=self._key,
-                cluster=self.cfg.cluster.name,
-                address=self.cfg.node.address,
-            )
-            await self.mdns.start(self._announced)
+        want_mdns = self.cfg.discovery.mdns and bool(self.cfg.node.address)
+        retry_at, delay, failing = 0.0, RETRY_FIRST, False
+        loop = asyncio.get_running_loop()
         while True:
+            if want_mdns and self.mdns is None and loop.time() >= retry_at:
+                try:
+                    await self._start_mdns()
+                    if failing:
+                        log.info("mDNS discovery started on %s", self.cfg.node.address)
+                    failing = False
+                except OSError as err:
+                    # The address may not be on the interface yet (DHCP, a slow network at
+                    # boot): discovery is retried, it does not end the daemon.
+                    if not failing:
+                        log.warning(
+                            "mDNS discovery cannot start on %s yet (%s); retrying every <= %.0f s",
+                            self.cfg.node.address,
+                            err,
+                            RETRY_MAX,
+                        )
+                    failing = True
+                    retry_at = loop.time() + delay
+                    delay = min(delay * 2, RETRY_MAX)
             await asyncio.sleep(REANNOUNCE_CHECK)
             now = self._local()
             if now == self._announced:
@@ -73,6 +88,15 @@ class PeerBook:
                 await self.mdns.update(now)
             if self.seeds is not None:
                 self.seeds.update(now)
+
+    async def _start_mdns(self) -> None:
+        from k3snoded.discovery.mdns import MdnsDiscovery
+
+        mdns = MdnsDiscovery(
+            key=self._key, cluster=self.cfg.cluster.name, address=self.cfg.node.address
+        )
+        await mdns.start(self._announced or self._local())
+        self.mdns = mdns
 
     async def close(self) -> None:
         if self.mdns is not None:

@@ -13,15 +13,17 @@ from __future__ import annotations
 import abc
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from k3snoded import k3s
 from k3snoded.atomic import read_json_state, write_json_state
 from k3snoded.config import Config
 from k3snoded.model import Role, RolePreference
 from k3snoded.peers import PeerBook
+from k3snoded.process import ChildSpec, ChildStatus
 from k3snoded.supervisor import Supervisor
 from k3snoded.vip import VipKeeper
 
@@ -37,10 +39,21 @@ class Wanted:
     reason: str = "starting"
 
 
+class ChildControl(Protocol):
+    """What a role source needs of the k3s child's supervisor (``supervisor.Supervisor``)."""
+
+    @property
+    def status(self) -> ChildStatus: ...
+
+    def want(self, spec: ChildSpec | None) -> None: ...
+
+    def on_change(self, cb: Callable[[ChildStatus], None]) -> None: ...
+
+
 class RoleSource(abc.ABC):
     """Decides this node's role and drives the supervisor to it (level-triggered)."""
 
-    def __init__(self, cfg: Config, supervisor: Supervisor) -> None:
+    def __init__(self, cfg: Config, supervisor: ChildControl) -> None:
         self.cfg = cfg
         self.supervisor = supervisor
         self.wanted = Wanted()
@@ -136,8 +149,16 @@ class StaticRoles(RoleSource):
 
     async def run(self) -> None:
         while not self.left:
-            await self.apply(static_role(self.cfg, self.peers.registration() or ""))
+            await self.apply(static_role(self.cfg, self._learned()))
             await asyncio.sleep(1.0)
+
+    def _learned(self) -> str:
+        """A registration address learned from peers. Once an agent runs with one it keeps
+        it: what peers announce changes with their health (without registration.address each
+        server announces its own), and k3s's agent load balancer follows the servers anyway."""
+        if self.wanted.role is Role.AGENT and self.wanted.registration:
+            return self.wanted.registration
+        return self.peers.registration() or ""
 
     async def leave(self) -> None:
         self.left = True
@@ -145,17 +166,42 @@ class StaticRoles(RoleSource):
 
     async def reconfigure(self, cfg: Config) -> None:
         self.cfg = cfg
-        await self.apply(static_role(cfg, self.peers.registration() or ""), force=True)
+        await self.apply(static_role(cfg, self._learned()), force=True)
 
     def status(self) -> dict[str, Any]:
         return {**super().status(), "peers": self.peers.status()}
+
+
+def uses_fleet(cfg: Config) -> bool:
+    """A shared MySQL/PostgreSQL datastore: the coordinator decides this machine's role."""
+    return bool(cfg.datastore.endpoint) and not cfg.datastore.is_sqlite
+
+
+def describe_role(cfg: Config) -> str:
+    """What ``run`` does with this config, in one sentence (``check-config`` prints it)."""
+    reg = cfg.registration
+    if uses_fleet(cfg):
+        if cfg.node.role is RolePreference.AGENT:
+            where = reg.address or "a ready server of the fleet"
+            return f"fleet member, always an agent (node.role agent), joining {where}"
+        pinned = ", preferred (node.role server)" if cfg.node.role is RolePreference.SERVER else ""
+        vip = (
+            f"; holds the VIP {reg.address} (VRRP) while a server"
+            if reg.vip.enabled and reg.address
+            else ""
+        )
+        return (
+            f"fleet member: the coordinator decides whether it is one of the "
+            f"{cfg.servers.count} server(s){pinned}, else an agent{vip}"
+        )
+    return static_role(cfg).reason
 
 
 def build_role_source(
     cfg: Config, supervisor: Supervisor, *, vip: VipKeeper, peers: PeerBook
 ) -> RoleSource:
     """Pick the role source for this config."""
-    if cfg.datastore.endpoint and not cfg.datastore.is_sqlite:
+    if uses_fleet(cfg):
         from k3snoded.fleet import FleetRoles
 
         return FleetRoles(cfg, supervisor, vip=vip, peers=peers)

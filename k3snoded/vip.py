@@ -26,6 +26,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("k3snoded.vip")
 
+RETRY_FIRST = 1.0  # seconds before a failed speaker is started again; doubles to RETRY_MAX
+RETRY_MAX = 60.0
+STABLE_AFTER = 30.0  # a speaker up this long has recovered: the backoff and the log reset
+
 
 class VipGuard:
     """A tiny child that removes the VIP the moment this daemon dies, SIGKILL included.
@@ -77,17 +81,23 @@ class VipGuard:
 
 class VipKeeper:
     def __init__(self, cfg: Config) -> None:
-        reg = cfg.registration
-        self.enabled = reg.vip.enabled and bool(reg.address)
-        self.address = reg.address
-        self.interface = reg.vip.interface or cfg.node.interface
-        self.cfg = cfg
+        self._configure(cfg)
         self._speaker: VrrpSpeaker | None = None
         self._task: asyncio.Task[None] | None = None
         self._guard: VipGuard | None = None
         self._healthy = False
         self._failed_logged = False
+        self._started = 0.0  # loop time the current speaker started
+        self._retry_at = 0.0  # no new speaker before this loop time (after a failure)
+        self._retry_delay = RETRY_FIRST
         self._resume_until = 0.0  # monotonic: the previous daemon handed the VIP over until then
+
+    def _configure(self, cfg: Config) -> None:
+        reg = cfg.registration
+        self.enabled = reg.vip.enabled and bool(reg.address)
+        self.address = reg.address
+        self.interface = reg.vip.interface or cfg.node.interface
+        self.cfg = cfg
         self._advert_key: bytes | None = None  # None: unauthenticated adverts
         if self.enabled and reg.vip.authentication is VrrpAuthentication.HMAC:
             from k3snoded.vrrp.auth import derive_vrrp_key
@@ -98,6 +108,25 @@ class VipKeeper:
             # new code while this daemon still runs the old one (packaging/README.md).
             import k3snoded.vrrp.netlink
             import k3snoded.vrrp.speaker  # noqa: F401
+
+    async def reconfigure(self, cfg: Config) -> None:
+        """A reload: when the VIP's settings changed, release the VIP (a master sends priority
+        0 and removes it) and let the next ``ensure`` start a speaker with the new ones."""
+        old = (self.enabled, self.address, self.interface, self.cfg.registration.vip)
+        new_vip = cfg.registration
+        new = (
+            new_vip.vip.enabled and bool(new_vip.address),
+            new_vip.address,
+            new_vip.vip.interface or cfg.node.interface,
+            new_vip.vip,
+        )
+        if old != new and self._speaker is not None:
+            log.info(
+                "reload: releasing the VIP %s; the new settings start a new speaker", self.address
+            )
+            await self.stop()
+        self._configure(cfg)
+        self._retry_at, self._retry_delay = 0.0, RETRY_FIRST
 
     def _vip(self) -> IPv4Interface:
         return IPv4Interface(f"{self.address}/{self.cfg.registration.vip.prefix}")
@@ -132,42 +161,42 @@ class VipKeeper:
             self._speaker.set_healthy(healthy)
 
     async def ensure(self, *, run: bool, healthy: bool) -> None:
+        """Level-triggered: run the speaker while ``run``. A speaker that failed is restarted
+        after a backoff (1 s doubling to 60 s), not every cycle with a new guard process; the
+        first failure of a run is logged, and a failure after a recovery is logged again."""
         if not self.enabled:
             return
-        if self._task is not None and self._task.done():
-            err = None if self._task.cancelled() else self._task.exception()
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        task = self._task
+        if task is not None and task.done():
+            err = None if task.cancelled() else task.exception()
             if not self._failed_logged:
-                log.error("the VRRP speaker stopped: %s; restarting it", err)
+                log.error(
+                    "the VRRP speaker stopped: %s; restarting it in %.0f s (then backing off)",
+                    err,
+                    self._retry_delay,
+                )
                 self._failed_logged = True
             await self.stop()
-        if run and self._speaker is None:
-            from k3snoded.vrrp.auth import AdvertAuth
-            from k3snoded.vrrp.speaker import VrrpSpeaker
-
+            self._retry_at = now + self._retry_delay
+            self._retry_delay = min(self._retry_delay * 2, RETRY_MAX)
+        elif task is not None and now - self._started >= STABLE_AFTER:
+            if self._failed_logged:
+                log.info("the VRRP speaker runs again for %s", self.address)
+                self._failed_logged = False
+            self._retry_delay = RETRY_FIRST
+        if run and self._speaker is None and now >= self._retry_at:
             resume = self._resume_until > time.monotonic()
             if resume and not healthy:
                 return  # keep the handed-over VIP (its kernel lifetime bounds this) until ready
             self._resume_until = 0.0
-
-            vip = self.cfg.registration.vip
-            self._speaker = VrrpSpeaker(
-                interface=self.interface,
-                vip=self.address,
-                prefix=vip.prefix,
-                vrid=vip.vrid,
-                priority=vip.priority,
-                advert_interval=vip.advert_interval,
-                preempt=vip.preempt,
-                unicast_peers=vip.unicast_peers,
-                source_address=self.cfg.node.address or None,
-                resume=resume,
-                auth=AdvertAuth(self._advert_key) if self._advert_key else None,
-            )
-            self._speaker.set_healthy(healthy)
-            self._guard = VipGuard(str(self._vip()), self.interface)
-            self._guard.start()
+            self._speaker = self._make_speaker(healthy, resume)
+            self._start_guard()
+            self._started = now
             self._task = asyncio.create_task(self._speaker.run(), name="vrrp")
-            log.info("server role: running the VRRP speaker for %s", self.address)
+            if not self._failed_logged:
+                log.info("server role: running the VRRP speaker for %s", self.address)
         elif not run and self._speaker is not None:
             log.info("no longer a server: releasing the VIP")
             await self.stop()
@@ -191,6 +220,31 @@ class VipKeeper:
             run_dir, lifetime = self.cfg.node.run_dir, handover.HOLD_LIFETIME
             await asyncio.to_thread(handover.write_record, run_dir, self.address, lifetime)
             log.info("handed the VIP %s over to the next daemon", self.address)
+
+    def _make_speaker(self, healthy: bool, resume: bool) -> VrrpSpeaker:
+        from k3snoded.vrrp.auth import AdvertAuth
+        from k3snoded.vrrp.speaker import VrrpSpeaker
+
+        vip = self.cfg.registration.vip
+        speaker = VrrpSpeaker(
+            interface=self.interface,
+            vip=self.address,
+            prefix=vip.prefix,
+            vrid=vip.vrid,
+            priority=vip.priority,
+            advert_interval=vip.advert_interval,
+            preempt=vip.preempt,
+            unicast_peers=vip.unicast_peers,
+            source_address=self.cfg.node.address or None,
+            resume=resume,
+            auth=AdvertAuth(self._advert_key) if self._advert_key else None,
+        )
+        speaker.set_healthy(healthy)
+        return speaker
+
+    def _start_guard(self) -> None:
+        self._guard = VipGuard(str(self._vip()), self.interface)
+        self._guard.start()
 
     async def stop(self) -> None:
         """Graceful: a master sends priority 0 and removes the address."""

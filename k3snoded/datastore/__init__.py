@@ -60,16 +60,17 @@ def open_datastore(
     """
     ep = endpoint_of(cfg)
     timeout = coord.retry_timeout
+    idle = max(60.0, 3 * (coord.renew_interval + coord.lease_ttl))
     if ep.backend is Backend.MYSQL:
         from k3snoded.datastore.mysql import MysqlDialect
         from k3snoded.datastore.sql import SqlDatastore
 
-        return SqlDatastore(MysqlDialect(ep, timeout), timeout)
+        return SqlDatastore(MysqlDialect(ep, timeout, idle), timeout)
     if ep.backend is Backend.POSTGRES:
         from k3snoded.datastore.postgres import PostgresDialect
         from k3snoded.datastore.sql import SqlDatastore
 
-        return SqlDatastore(PostgresDialect(ep, timeout), timeout)
+        return SqlDatastore(PostgresDialect(ep, timeout, idle), timeout)
     if ep.backend is Backend.SQLITE:
         from k3snoded.datastore.sql import SqlDatastore
         from k3snoded.datastore.sqlite import SqliteDialect

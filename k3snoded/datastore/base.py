@@ -45,11 +45,15 @@ class MemberRow:
     """One member as read back: the ``Member`` value plus the role the coordinator assigned.
 
     ``assigned`` is ``None`` until a coordinator has written a decision naming this member.
+    ``stamp`` is the stored time of its last heartbeat on the database's clock: it changes with
+    every heartbeat and never otherwise, so a reader can tell "wrote since I last looked" without
+    trusting the database clock's rate (compare stamps; never subtract one from a node's clock).
     """
 
     member: Member
     assigned: Role | None = None
     k3s_version: str = ""
+    stamp: float = 0.0
 
 
 class Datastore(abc.ABC):
@@ -98,7 +102,8 @@ class Datastore(abc.ABC):
     @abc.abstractmethod
     async def members(self) -> list[MemberRow]:
         """Every member row (one statement), ordered by name, with ``heartbeat_age`` =
-        database now - ``updated_at`` in seconds, and the assigned role."""
+        database now - ``updated_at`` in seconds, the heartbeat's ``stamp`` and the assigned
+        role."""
 
     async def sync(self, rec: MemberRecord) -> list[MemberRow]:
         """``heartbeat(rec)`` then ``members()``: the whole at-rest cycle of a node.
@@ -112,8 +117,9 @@ class Datastore(abc.ABC):
         """Write the coordinator's decision: every member named in ``roles`` gets that role,
         every other member row gets no assignment. Names without a member row are ignored.
 
-        Atomic with the check that ``holder`` holds the unexpired ``coordinator`` lease (one
-        transaction that locks the lease row). Returns False, writing nothing, if it does not.
+        Atomic with the check that ``holder`` holds the unexpired ``coordinator`` lease: one
+        statement, no open transaction, so a writer that dies mid-call locks nothing. Returns
+        False, writing nothing, if it does not hold it.
         """
 
     @abc.abstractmethod
@@ -137,8 +143,20 @@ class Datastore(abc.ABC):
         the lease is free or expired."""
 
     @abc.abstractmethod
+    async def last_holder(self, name: str) -> str | None:
+        """The holder recorded in lease ``name``'s row, expired or not; None when there is no
+        row (never taken, or released). One statement. A new holder uses it to know whether it
+        took the lease over from someone who did not release it."""
+
+    @abc.abstractmethod
     async def set_flag(self, name: str, value: str) -> None:
         """Set a cluster-wide flag (upsert), e.g. ``bootstrapped`` = the first server's name."""
+
+    @abc.abstractmethod
+    async def claim_flag(self, name: str, value: str) -> str:
+        """Set flag ``name`` to ``value`` only if it has no value yet (insert-if-absent);
+        return the value stored after the call. Of machines claiming concurrently, all get
+        the first one's value. One conditional insert and one read."""
 
     @abc.abstractmethod
     async def flags(self) -> dict[str, str]:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import socket
 import ssl
 from typing import Any, ClassVar
@@ -51,7 +52,13 @@ class MysqlDialect(Dialect):
             "write_timeout": self.timeout,
             "autocommit": True,
             "charset": "utf8mb4",
-            "init_command": "SET time_zone = '+00:00'",
+            # UTC; a lock wait fails in about retry_timeout (the server's default waits 50 s
+            # after the client gave up); a silent session is closed after `idle`.
+            "init_command": (
+                "SET time_zone = '+00:00', "
+                f"innodb_lock_wait_timeout = {max(1, math.ceil(self.timeout))}, "
+                f"wait_timeout = {max(1, math.ceil(self.idle))}"
+            ),
         }
         if ep.unix_socket:
             kw["unix_socket"] = ep.unix_socket
@@ -135,6 +142,13 @@ class MysqlDialect(Dialect):
             f"ON DUPLICATE KEY UPDATE {sets}"
         )
 
+    def insert_if_absent(self, table: str, columns: Any, values: str) -> str:
+        key = columns[0]
+        return (
+            f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({values}) "
+            f"ON DUPLICATE KEY UPDATE {key} = {key}"
+        )
+
     def lease_upsert(self) -> str:
         # Assignments run left to right: `holder` first, then `expires_at` follows the new
         # holder. Without CLIENT_FOUND_ROWS the row count is 1 (inserted), 2 (changed) or
@@ -143,7 +157,8 @@ class MysqlDialect(Dialect):
             f"INSERT INTO k3snoded_leases (name, holder, expires_at) VALUES (?, ?, {self.now} + ?) "
             "ON DUPLICATE KEY UPDATE "
             "holder = IF(holder = VALUES(holder) "
-            f"OR expires_at <= {self.now}, VALUES(holder), holder), "
+            f"OR expires_at <= {self.now} OR expires_at > VALUES(expires_at) + ?, "
+            "VALUES(holder), holder), "
             "expires_at = IF(holder = VALUES(holder), VALUES(expires_at), expires_at)"
         )
 

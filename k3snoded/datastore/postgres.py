@@ -58,7 +58,13 @@ class PostgresDialect(Dialect):
             "keepalives_interval": 1,
             "keepalives_count": 2,
             "tcp_user_timeout": millis,
-            "options": f"{options} -c statement_timeout={limit} -c lock_timeout={millis}".strip(),
+            # Statements and lock waits end in about retry_timeout; a session idle inside a
+            # transaction, or whose client went silent (server-side keepalives), ends too.
+            "options": (
+                f"{options} -c statement_timeout={limit} -c lock_timeout={millis} "
+                f"-c idle_in_transaction_session_timeout={max(1000, int(self.idle * 1000))} "
+                "-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3"
+            ).strip(),
             "application_name": "k3snoded",
         }
         kw.update(params)

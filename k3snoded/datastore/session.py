@@ -7,8 +7,8 @@ loop side that, when the budget runs out, shuts the connection's socket down (un
 worker) and raises ``DatastoreUnavailable``. After any error the connection is dropped; the next
 call opens a new one, so recovery is transparent.
 
-Connections are in autocommit mode: each statement is its own transaction unless the caller
-issues ``BEGIN`` ... ``COMMIT`` itself (``transaction``).
+Connections are in autocommit mode and k3snoded opens no explicit transaction: every statement
+is its own, so a client that dies mid-call leaves no lock behind.
 """
 
 from __future__ import annotations
@@ -84,17 +84,10 @@ class CountingCursor:
         self._cursor.close()
 
 
-def transaction(cur: CountingCursor, begin: str, body: Callable[[CountingCursor], T]) -> T:
-    """Run ``body`` between ``begin`` and COMMIT; ROLLBACK (best effort) if it raises."""
-    cur.execute(begin)
-    try:
-        result = body(cur)
-    except BaseException:
-        with contextlib.suppress(Exception):  # the connection is dropped anyway
-            cur.execute("ROLLBACK")
-        raise
-    cur.execute("COMMIT")
-    return result
+def _consume(future: asyncio.Future[Any]) -> None:
+    """Retrieve an abandoned call's outcome so that it is not reported as never retrieved."""
+    if not future.cancelled():
+        future.exception()
 
 
 class Session:
@@ -108,6 +101,7 @@ class Session:
         self._conn: Any = None
         self._closed = False
         self._lock = asyncio.Lock()
+        self._stuck: asyncio.Future[Any] | None = None  # a timed-out call still running
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="k3snoded-db")
 
     @property
@@ -122,13 +116,31 @@ class Session:
             raise DatastoreError(f"{self.label}: datastore already closed")
         limit = budget if budget is not None else self.budget
         async with self._lock:
+            stuck = self._stuck
+            if stuck is not None and not stuck.done():
+                # Shutting the socket down usually frees it in moments: give it that long.
+                await asyncio.wait({stuck}, timeout=min(0.5, limit / 4))
+            if stuck is not None and not stuck.done():
+                # The worker is still inside a call that timed out (e.g. a connect stuck in
+                # name resolution, which no socket shutdown reaches): fail at once rather
+                # than wait a whole budget behind it on every call of the cycle.
+                raise DatastoreUnavailable(
+                    f"{self.label}: a previous call is still stuck (no answer); not waiting"
+                )
             loop = asyncio.get_running_loop()
             abandoned = threading.Event()
             future = loop.run_in_executor(self._executor, self._call, fn, connect, abandoned)
             try:
-                return await asyncio.wait_for(future, limit)
+                return await asyncio.wait_for(asyncio.shield(future), limit)
+            except asyncio.CancelledError:
+                abandoned.set()  # our caller went away: the worker may still be in the call
+                self._stuck = future
+                future.add_done_callback(_consume)
+                raise
             except TimeoutError:
                 abandoned.set()  # still connecting: do not run the statement after all
+                self._stuck = future
+                future.add_done_callback(_consume)
                 conn = self._conn
                 if conn is not None:
                     self.connector.abort(conn)

@@ -21,7 +21,7 @@ from k3snoded.datastore import schema
 from k3snoded.datastore.base import COORDINATOR_LEASE, Datastore, MemberRecord, MemberRow
 from k3snoded.datastore.endpoint import Endpoint
 from k3snoded.datastore.schema import FLAGS, LEASES, MEMBERS, VERSION_TABLE
-from k3snoded.datastore.session import CountingCursor, Session, transaction
+from k3snoded.datastore.session import CountingCursor, Session
 from k3snoded.errors import DatastoreError, DatastoreRejected
 from k3snoded.model import Lease, Member, Role, RolePreference
 
@@ -50,13 +50,15 @@ class Dialect(abc.ABC):
     placeholder: ClassVar[str] = "%s"
     now: ClassVar[str]  # SQL expression: the database's now, epoch seconds, as a float
     types: ClassVar[Mapping[str, str]]  # DDL template values: float, table_options
-    begin: ClassVar[str] = "BEGIN"
-    for_update: ClassVar[str] = " FOR UPDATE"
     cte_upsert: ClassVar[bool] = False  # INSERT ... RETURNING allowed inside WITH
 
-    def __init__(self, endpoint: Endpoint, timeout: float) -> None:
+    def __init__(self, endpoint: Endpoint, timeout: float, idle: float = 60.0) -> None:
         self.endpoint = endpoint
         self.timeout = timeout  # driver connect/read/write timeouts, seconds
+        # How long the server keeps a silent session (and anything it holds): longer than
+        # k3snoded ever idles between statements, short enough that a dead client's session
+        # (its schema lock, say) goes in a minute, not at TCP keepalive's two hours.
+        self.idle = idle
 
     @property
     def label(self) -> str:
@@ -98,13 +100,27 @@ class Dialect(abc.ABC):
             f"ON CONFLICT ({columns[0]}) DO UPDATE SET {sets}"
         )
 
+    def insert_if_absent(self, table: str, columns: Sequence[str], values: str) -> str:
+        """``INSERT ... VALUES (values)`` that changes nothing when the key exists."""
+        return (
+            f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({values}) "
+            f"ON CONFLICT ({columns[0]}) DO NOTHING"
+        )
+
     def lease_upsert(self) -> str:
-        """The lease statement; parameters (name, holder, ttl); row count > 0 means held."""
+        """The lease statement; parameters (name, holder, ttl); row count > 0 means held.
+
+        Taken when free, expired, ours, or void: expiring more than a TTL later than a fresh
+        lease would (``now + 2 ttl``; the second parameter ``ttl`` is that margin) only happens
+        when the database clock stepped back, and must not keep a dead holder's lease for the
+        length of the step. The margin covers contenders whose statement began (``now``) a
+        lock wait before the winner's: without it they took the lease from the winner."""
         return (
             f"INSERT INTO {LEASES} (name, holder, expires_at) VALUES (?, ?, {self.now} + ?) "
             "ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, "
             "expires_at = excluded.expires_at "
-            f"WHERE {LEASES}.holder = excluded.holder OR {LEASES}.expires_at <= {self.now}"
+            f"WHERE {LEASES}.holder = excluded.holder OR {LEASES}.expires_at <= {self.now} "
+            f"OR {LEASES}.expires_at > excluded.expires_at + ?"
         )
 
     @abc.abstractmethod
@@ -124,7 +140,7 @@ def _enum(kind: type[Role] | type[RolePreference], value: str, default: Any) -> 
 
 
 def _row(r: Sequence[Any]) -> MemberRow:
-    name, address, api_port, preference, eligible, role, ready, version, assigned, age = r
+    name, address, api_port, preference, eligible, role, ready, version, assigned, age, stamp = r
     member = Member(
         name=str(name),
         address=str(address),
@@ -136,7 +152,9 @@ def _row(r: Sequence[Any]) -> MemberRow:
         api_port=int(api_port),
     )
     assigned_role = None if assigned is None else _enum(Role, str(assigned), None)
-    return MemberRow(member=member, assigned=assigned_role, k3s_version=str(version))
+    return MemberRow(
+        member=member, assigned=assigned_role, k3s_version=str(version), stamp=float(stamp)
+    )
 
 
 class SqlDatastore(Datastore):
@@ -149,7 +167,7 @@ class SqlDatastore(Datastore):
         self._long = 4 * retry_timeout + 1.0  # preflight and ensure_schema: several statements
         now = dialect.now
         self._members_sql = (
-            f"SELECT {', '.join(MEMBER_COLUMNS)}, assigned, {now} - updated_at "
+            f"SELECT {', '.join(MEMBER_COLUMNS)}, assigned, {now} - updated_at, updated_at "
             f"FROM {MEMBERS} ORDER BY name"
         )
         self._heartbeat_sql = dialect.upsert(
@@ -160,6 +178,9 @@ class SqlDatastore(Datastore):
         )
         self._flag_sql = dialect.upsert(
             FLAGS, ("name", "value", "updated_at"), f"?, ?, {now}", ("value", "updated_at")
+        )
+        self._claim_sql = dialect.insert_if_absent(
+            FLAGS, ("name", "value", "updated_at"), f"?, ?, {now}"
         )
 
     @property
@@ -247,9 +268,10 @@ class SqlDatastore(Datastore):
             return await super().sync(rec)
         cols = ", ".join(MEMBER_COLUMNS)
         sql = (
-            f"WITH me AS ({self._heartbeat_sql} RETURNING {cols}, assigned) "
-            f"SELECT {cols}, assigned, 0.0 FROM me UNION ALL "
-            f"SELECT {cols}, assigned, {self.dialect.now} - updated_at FROM {MEMBERS} "
+            f"WITH me AS ({self._heartbeat_sql} RETURNING {cols}, assigned, updated_at) "
+            f"SELECT {cols}, assigned, 0.0, updated_at FROM me UNION ALL "
+            f"SELECT {cols}, assigned, {self.dialect.now} - updated_at, updated_at "
+            f"FROM {MEMBERS} "
             "WHERE name <> ? ORDER BY name"
         )
 
@@ -260,6 +282,10 @@ class SqlDatastore(Datastore):
         return await self._session.run(both)
 
     async def assign_roles(self, roles: Mapping[str, Role], holder: str) -> bool:
+        """One autocommit statement: the lease check is its WHERE. A coordinator that dies
+        mid-call leaves no transaction behind, so no row stays locked (a two-statement
+        transaction left the lease row, and every member row, locked until the server noticed
+        the dead client: hours)."""
         now, params = self.dialect.now, []
         for name, role in roles.items():
             params += [name, role.value]
@@ -268,23 +294,23 @@ class SqlDatastore(Datastore):
             if roles
             else "NULL"
         )
+        held = f"SELECT 1 FROM {LEASES} WHERE name = ? AND holder = ? AND expires_at > {now}"
+        update = f"UPDATE {MEMBERS} SET assigned = {case} WHERE EXISTS ({held})"
 
-        def body(cur: CountingCursor) -> bool:
-            cur.execute(
-                f"SELECT holder FROM {LEASES} WHERE name = ? AND holder = ? "
-                f"AND expires_at > {now}{self.dialect.for_update}",
-                (COORDINATOR_LEASE, holder),
-            )
-            if not cur.fetchall():
-                return False
-            cur.execute(f"UPDATE {MEMBERS} SET assigned = {case}", params)
-            return True
+        def write(cur: CountingCursor) -> bool:
+            cur.execute(update, (*params, COORDINATOR_LEASE, holder))
+            if cur.rowcount > 0:
+                return True
+            # No row changed: no member rows, nothing to change (MySQL counts changed rows
+            # only), or not the holder. Only the last is a refusal.
+            cur.execute(held, (COORDINATOR_LEASE, holder))
+            return bool(cur.fetchall())
 
-        return await self._session.run(lambda cur: transaction(cur, self.dialect.begin, body))
+        return await self._session.run(write)
 
     async def try_lease(self, name: str, holder: str, ttl: float) -> bool:
         def acquire(cur: CountingCursor) -> bool:
-            cur.execute(self.dialect.lease_upsert(), (name, holder, float(ttl)))
+            cur.execute(self.dialect.lease_upsert(), (name, holder, float(ttl), float(ttl)))
             return cur.rowcount > 0
 
         return await self._session.run(acquire)
@@ -310,8 +336,25 @@ class SqlDatastore(Datastore):
 
         return await self._session.run(read)
 
+    async def last_holder(self, name: str) -> str | None:
+        def read(cur: CountingCursor) -> str | None:
+            cur.execute(f"SELECT holder FROM {LEASES} WHERE name = ?", (name,))
+            rows = cur.fetchall()
+            return str(rows[0][0]) if rows else None
+
+        return await self._session.run(read)
+
     async def set_flag(self, name: str, value: str) -> None:
         await self._session.run(lambda cur: cur.execute(self._flag_sql, (name, value)))
+
+    async def claim_flag(self, name: str, value: str) -> str:
+        def claim(cur: CountingCursor) -> str:
+            cur.execute(self._claim_sql, (name, value))
+            cur.execute(f"SELECT value FROM {FLAGS} WHERE name = ?", (name,))
+            rows = cur.fetchall()
+            return str(rows[0][0]) if rows else value
+
+        return await self._session.run(claim)
 
     async def flags(self) -> dict[str, str]:
         def read(cur: CountingCursor) -> dict[str, str]:

@@ -19,8 +19,6 @@ class SqliteDialect(Dialect):
     placeholder = "?"
     now = "((julianday('now') - 2440587.5) * 86400.0)"
     types: ClassVar[dict[str, str]] = {"float": "REAL", "table_options": ""}
-    begin = "BEGIN IMMEDIATE"  # take the write lock first: the database file is the lock
-    for_update = ""
 
     @property
     def label(self) -> str:

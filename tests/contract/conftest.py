@@ -1,7 +1,9 @@
-"""One fixture, ``target``, parametrized over SQLite, MariaDB and PostgreSQL.
+"""One fixture, ``target``, parametrized over SQLite, MariaDB, PostgreSQL and the simulator's
+in-memory model (``tests/sim/memstore.py``), so the model is held to the same contract.
 
 Each test gets a fresh database of its own (created through the server as the k3s user and
 dropped afterwards), and ``target.open()`` builds datastores on it that are closed at teardown.
+``shift_heartbeats`` / ``shift_lease`` move stored times as a database clock step would.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import sqlite3
+import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -22,24 +25,66 @@ import pytest
 from k3snoded.config import CoordinationConfig, DatastoreConfig
 from k3snoded.datastore import Datastore, MemberRecord, open_datastore
 from k3snoded.datastore.endpoint import Endpoint, parse_endpoint
+from k3snoded.datastore.schema import LEASES, MEMBERS
 from k3snoded.model import Role, RolePreference
+from tests.sim.memstore import MemoryDatastore, Server
 
 
 def fresh_name() -> str:
     return f"k3sn_{os.getpid()}_{uuid.uuid4().hex[:8]}"
 
 
+class AlwaysUp:
+    """The memory model's network when nothing is wrong with it."""
+
+    state = "up"
+    frozen = False
+    kernel_alive = True
+
+    async def thawed(self) -> None:
+        return None
+
+    def delay(self) -> float:
+        return 0.001
+
+    def answer_lost(self) -> bool:
+        return False
+
+
 @dataclass
 class Target:
-    backend: str  # "sqlite" | "mysql" | "postgres"
+    backend: str  # "sqlite" | "mysql" | "postgres" | "memory"
     base: Endpoint  # server and credentials (from the shared fixture)
     database: str  # this test's database (SQLite: the file)
     created: list[str] = field(default_factory=list)
     stores: list[Datastore] = field(default_factory=list)
+    memory: Server | None = None
 
     @property
     def is_sqlite(self) -> bool:
         return self.backend == "sqlite"
+
+    @property
+    def is_memory(self) -> bool:
+        return self.backend == "memory"
+
+    def shift_heartbeats(self, seconds: float) -> None:
+        """Add ``seconds`` to every stored heartbeat time (as if written that much later)."""
+        if self.memory is not None:
+            for row in self.memory.members.values():
+                row.updated_at += seconds
+            return
+        self.query(f"UPDATE {MEMBERS} SET updated_at = updated_at + {float(seconds)}")
+
+    def shift_lease(self, name: str, seconds: float) -> None:
+        """Add ``seconds`` to a lease's stored expiry (a database clock step back does this)."""
+        if self.memory is not None:
+            holder, expires = self.memory.leases[name]
+            self.memory.leases[name] = (holder, expires + seconds)
+            return
+        self.query(
+            f"UPDATE {LEASES} SET expires_at = expires_at + {float(seconds)} WHERE name = '{name}'"
+        )
 
     def endpoint(
         self,
@@ -70,7 +115,11 @@ class Target:
         ca_file: Path | None = None,
     ) -> Datastore:
         coord = CoordinationConfig(retry_timeout=retry_timeout)
-        if self.is_sqlite:
+        if self.memory is not None:
+            ds: Datastore = MemoryDatastore(
+                self.memory, AlwaysUp(), f"client-{len(self.stores)}", retry_timeout
+            )
+        elif self.is_sqlite:
             ds = open_datastore(DatastoreConfig(), coord, sqlite_path=Path(self.database))
         else:
             text = self.endpoint() if endpoint is None else endpoint
@@ -136,10 +185,12 @@ class Target:
                 )
 
 
-@pytest.fixture(params=["sqlite", "mysql", "postgres"])
+@pytest.fixture(params=["sqlite", "mysql", "postgres", "memory"])
 async def target(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Target]:
     backend: str = request.param
-    if backend == "sqlite":
+    if backend == "memory":
+        t = Target("memory", parse_endpoint(""), "memory", memory=Server(time.monotonic))
+    elif backend == "sqlite":
         t = Target("sqlite", parse_endpoint(""), str(tmp_path / "k3snoded.db"))
     else:
         dsn: str = request.getfixturevalue(f"{backend}_dsn")
@@ -185,5 +236,10 @@ def free_port() -> int:
 
 
 def no_sqlite(target: Target) -> None:
-    if target.is_sqlite:
-        pytest.skip("SQLite is a local file: no server, credentials or network")
+    if target.is_sqlite or target.is_memory:
+        pytest.skip("SQLite is a local file, the model has no wire: no server, credentials")
+
+
+def no_memory(target: Target) -> None:
+    if target.is_memory:
+        pytest.skip("the model has no SQL schema, files or drivers")

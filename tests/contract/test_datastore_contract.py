@@ -8,10 +8,10 @@ import asyncio
 import pytest
 
 from k3snoded.datastore import COORDINATOR_LEASE, schema
-from k3snoded.datastore.schema import LATEST, MEMBERS, VERSION_TABLE
+from k3snoded.datastore.schema import LATEST, VERSION_TABLE
 from k3snoded.errors import DatastoreError
 from k3snoded.model import Role, RolePreference
-from tests.contract.conftest import Target, ready, record
+from tests.contract.conftest import Target, no_memory, ready, record
 
 pytestmark = pytest.mark.db
 
@@ -20,6 +20,7 @@ pytestmark = pytest.mark.db
 
 
 async def test_ensure_schema_is_idempotent_and_versioned(target: Target) -> None:
+    no_memory(target)
     ds = await ready(target)
     await ds.ensure_schema()
     versions = target.query(f"SELECT version FROM {VERSION_TABLE}")
@@ -27,6 +28,7 @@ async def test_ensure_schema_is_idempotent_and_versioned(target: Target) -> None
 
 
 async def test_ensure_schema_concurrently_from_several_nodes(target: Target) -> None:
+    no_memory(target)
     stores = [target.open() for _ in range(4)]
     for ds in stores:
         await ds.preflight()
@@ -39,6 +41,7 @@ async def test_ensure_schema_concurrently_from_several_nodes(target: Target) -> 
 async def test_schema_upgrade_applies_only_the_new_step(
     target: Target, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    no_memory(target)
     ds = await ready(target)  # at version 1
     await ds.heartbeat(record("n1"))
     v2 = "CREATE TABLE IF NOT EXISTS k3snoded_v2_probe (name VARCHAR(64) NOT NULL PRIMARY KEY)"
@@ -92,9 +95,23 @@ async def test_ages_come_from_the_stored_database_time(target: Target) -> None:
     ds = await ready(target)
     await ds.heartbeat(record("old"))
     # Move the stored heartbeat 100 s into the past, as if written by the database long ago.
-    target.query(f"UPDATE {MEMBERS} SET updated_at = updated_at - 100")
+    target.shift_heartbeats(-100)
     (row,) = await ds.members()
     assert 100.0 <= row.member.heartbeat_age < 102.0
+
+
+async def test_the_stamp_changes_with_every_heartbeat_and_only_then(target: Target) -> None:
+    a, b = await ready(target), await ready(target)
+    await a.heartbeat(record("node-a"))
+    (first,) = await b.members()
+    await asyncio.sleep(0.05)
+    (again,) = await b.members()
+    assert again.stamp == first.stamp  # read twice, nobody wrote: the same stamp
+    await a.heartbeat(record("node-a"))
+    (after,) = await b.members()
+    assert after.stamp != first.stamp
+    rows = await b.sync(record("node-b"))
+    assert [r.stamp for r in rows if r.member.name == "node-a"] == [after.stamp]
 
 
 async def test_sync_is_heartbeat_plus_members(target: Target) -> None:
@@ -105,7 +122,10 @@ async def test_sync_is_heartbeat_plus_members(target: Target) -> None:
     per_cycle = a.statements - before
     assert [r.member.name for r in rows] == ["node-a", "node-b"]
     assert rows[0].member.ready and rows[0].member.heartbeat_age < 0.5
-    assert per_cycle == (1 if target.backend == "postgres" else 2)
+    one_statement = target.backend == "postgres" or (
+        target.memory is not None and target.memory.dialect == "postgres"
+    )
+    assert per_cycle == (1 if one_statement else 2)
     assert [r.member.name for r in await b.members()] == ["node-a", "node-b"]
 
 
@@ -161,6 +181,33 @@ async def test_lease_renew_expiry_and_release(target: Target) -> None:
     assert await a.try_lease("bootstrap", "node-a", 5.0)
 
 
+async def test_last_holder_outlives_expiry_not_release(target: Target) -> None:
+    a, b = await ready(target), await ready(target)
+    assert await b.last_holder("bootstrap") is None
+    assert await a.try_lease("bootstrap", "node-a", 0.3)
+    await asyncio.sleep(0.5)
+    assert await b.lease("bootstrap") is None  # expired
+    assert await b.last_holder("bootstrap") == "node-a"  # but its row says who had it
+    assert await b.try_lease("bootstrap", "node-b", 5.0)
+    assert await a.last_holder("bootstrap") == "node-b"
+    await b.release_lease("bootstrap", "node-b")
+    assert await a.last_holder("bootstrap") is None
+
+
+async def test_a_lease_beyond_a_full_ttl_is_void(target: Target) -> None:
+    """A lease that expires later than a fresh one would is the mark of a database clock that
+    stepped back: it must not keep a dead holder's lease for the length of the step."""
+    a, b = await ready(target), await ready(target)
+    assert await a.try_lease(COORDINATOR_LEASE, "node-a", 10.0)
+    target.shift_lease(COORDINATOR_LEASE, 3600.0)  # the database clock stepped back an hour
+    assert await b.try_lease(COORDINATOR_LEASE, "node-b", 10.0)
+    assert not await a.assign_roles({}, "node-a")
+    lease = await a.lease(COORDINATOR_LEASE)
+    assert lease is not None and lease.holder == "node-b" and lease.remaining <= 10.0
+    assert not await a.try_lease(COORDINATOR_LEASE, "node-a", 10.0)  # a fresh lease holds
+    assert await b.try_lease(COORDINATOR_LEASE, "node-b", 10.0)
+
+
 async def test_assign_roles_only_by_the_coordinator(target: Target) -> None:
     a, b = await ready(target), await ready(target)
     for name in ("node-a", "node-b", "node-c"):
@@ -194,6 +241,14 @@ async def test_flags(target: Target) -> None:
     await b.set_flag("other", "x")
     await b.set_flag("other", "y")
     assert await a.flags() == {"bootstrapped": "node-a", "other": "y"}
+
+
+async def test_claim_flag_is_insert_if_absent(target: Target) -> None:
+    stores = [await ready(target) for _ in range(4)]
+    won = await asyncio.gather(*(ds.claim_flag("verifier", f"v{i}") for i, ds in enumerate(stores)))
+    assert len(set(won)) == 1 and won[0] in {"v0", "v1", "v2", "v3"}
+    assert await stores[0].claim_flag("verifier", "late") == won[0]
+    assert (await stores[1].flags())["verifier"] == won[0]
 
 
 async def test_statement_counter(target: Target) -> None:

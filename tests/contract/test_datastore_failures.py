@@ -5,6 +5,7 @@ fixture as the main suite."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import logging
 import time
@@ -18,7 +19,8 @@ from cryptography.x509.oid import NameOID
 
 from k3snoded.datastore import COORDINATOR_LEASE, prepare
 from k3snoded.errors import DatastoreRejected, DatastoreUnavailable
-from tests.contract.conftest import Target, free_port, fresh_name, no_sqlite, record
+from k3snoded.model import Role
+from tests.contract.conftest import Target, free_port, fresh_name, no_memory, no_sqlite, record
 from tests.contract.proxy import Proxy
 
 pytestmark = pytest.mark.db
@@ -28,6 +30,7 @@ pytestmark = pytest.mark.db
 
 
 async def test_preflight_ok(target: Target) -> None:
+    no_memory(target)
     ds = target.open()
     await ds.preflight()
     if not target.is_sqlite:
@@ -57,6 +60,7 @@ async def test_preflight_wrong_password_is_rejected_naming_auth(target: Target) 
 
 
 async def test_preflight_creates_a_missing_database(target: Target) -> None:
+    no_memory(target)
     name = fresh_name() if not target.is_sqlite else target.database
     if not target.is_sqlite:
         target.created.append(name)  # dropped at teardown
@@ -151,6 +155,39 @@ async def test_hung_server_times_out_then_recovers(target: Target) -> None:
 
         await proxy.restore()
         assert await ds.try_lease(COORDINATOR_LEASE, "n1", 10)
+    finally:
+        await proxy.close()
+
+
+async def test_a_coordinator_that_dies_mid_role_write_blocks_nobody(target: Target) -> None:
+    """The coordinator's machine dies (its packets stop; the server is not told) right after
+    the first statement of a role write. Nothing it sent may keep rows locked: the others
+    heartbeat at once and take over the coordinator lease once it expires."""
+    no_sqlite(target)
+    proxy = await Proxy(target.base.host, target.base.port).start()
+    try:
+        a = target.open(target.endpoint(host="127.0.0.1", port=proxy.port), retry_timeout=1.0)
+        b = target.open(retry_timeout=1.0)
+        for ds in (a, b):
+            await ds.preflight()
+            await ds.ensure_schema()
+        await a.heartbeat(record("node-a"))
+        await b.heartbeat(record("node-b"))
+        assert await a.try_lease(COORDINATOR_LEASE, "node-a", 2.0)
+        proxy.blackhole_after(2)  # (BEGIN and SELECT ... FOR UPDATE, if it sends them)
+        with contextlib.suppress(DatastoreUnavailable):
+            await a.assign_roles({"node-a": Role.SERVER, "node-b": Role.AGENT}, "node-a")
+        started = time.monotonic()
+        await b.heartbeat(record("node-b", ready=True))  # not blocked by the dead client
+        took = False
+        while not took and time.monotonic() - started < 15.0:
+            with contextlib.suppress(DatastoreUnavailable):
+                took = await b.try_lease(COORDINATOR_LEASE, "node-b", 10.0)
+            if not took:
+                await asyncio.sleep(0.5)
+        assert took, "the coordinator lease stays locked by the dead client's transaction"
+        assert await b.assign_roles({"node-b": Role.SERVER}, "node-b")
+        assert {r.member.name: r.assigned for r in await b.members()}["node-b"] is Role.SERVER
     finally:
         await proxy.close()
 

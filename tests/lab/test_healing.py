@@ -12,7 +12,7 @@ import pytest
 
 from tests.lab import dbs
 from tests.lab.fixtures import LabFactory, lab_factory, require_root
-from tests.lab.fleet import PYTHON, Fleet, Status
+from tests.lab.fleet import PYTHON, REPO, Fleet, Status
 
 __all__ = ["lab_factory"]
 
@@ -263,3 +263,161 @@ def test_an_agent_machine_restarted_during_an_outage_resumes_its_role(
     assert s is not None and s["node"]["role"] == "agent"
     assert "resuming the agent role" in s["decision"]
     assert "datastore ready" not in agent.log().split("k3snoded 0.1.0 starting")[-1]
+
+
+def _pids(st: dict[str, Status | None]) -> dict[str, int | None]:
+    return {n: s["k3s"]["pid"] for n, s in st.items() if s is not None}
+
+
+@pytest.mark.parametrize("fault", ["freeze", "partition"])
+def test_a_returning_server_does_not_take_its_seat_back(
+    lab_factory: LabFactory, fault: str
+) -> None:
+    """A ready server is frozen (SIGSTOP of every process on it) or cut off, and replaced.
+    When it comes back it still runs k3s server and says role=server; the replacement must
+    keep its seat and its k3s (same pid), and so must the other server."""
+    fleet = _fleet(lab_factory)
+    st = fleet.statuses()
+    coordinator = next(n for n, s in st.items() if s and s.get("coordinator") == n)
+    servers = _servers(st)
+    victim = sorted(servers - {coordinator})[0] if servers - {coordinator} else sorted(servers)[0]
+    machine = fleet.node(victim).machine
+    pids = machine.pids()
+    if fault == "freeze":
+        for pid in pids:
+            machine.freeze(pid)
+    else:
+        machine.partition()
+    try:
+        st = fleet.wait(
+            lambda st: len(_ready_servers(st, exclude=victim)) == 2,
+            timeout=10 + 5 + 30,
+            what=f"a replacement for the {fault} {victim}",
+        )
+    finally:
+        if fault == "freeze":
+            for pid in pids:
+                machine.thaw(pid)
+        else:
+            machine.heal()
+    seated = _ready_servers(st, exclude=victim)
+    before = {n: p for n, p in _pids(st).items() if n in seated}
+    st = fleet.wait(
+        lambda st: (
+            fleet.converged(st) and (st[victim] or {}).get("node", {}).get("role") == "agent"
+        ),
+        timeout=60,
+        what=f"{victim} back as an agent",
+    )
+    time.sleep(5.0)  # long enough for a flapping coordinator to act
+    st = fleet.statuses()
+    assert _ready_servers(st) == seated, fleet.table(st)
+    assert {n: p for n, p in _pids(st).items() if n in seated} == before, fleet.table(st)
+
+
+def test_without_registration_address_losing_a_server_restarts_no_surviving_k3s(
+    lab_factory: LabFactory,
+) -> None:
+    """No registration.address (no VIP): agents join a server's own address. A server dies;
+    the replacement is promoted (its k3s restarts: a role change), and no other surviving
+    k3s restarts (before: --tls-san and agents' --server followed the lowest ready server)."""
+    lab = lab_factory(5, with_db=True)
+    db = dbs.start(lab, "postgres")
+    fleet = Fleet(
+        lab,
+        endpoint=db.endpoint,
+        eligible=4,
+        agents=1,
+        servers=2,
+        agents_know_registration=False,
+        extra={"registration": {"address": None, "vip": {"enabled": False}}},
+    )
+    fleet.start_all()
+    st = fleet.wait(fleet.converged, timeout=90, what="fleet formed without an address")
+    time.sleep(5.0)  # settled: announcements and registrations stable
+    st = fleet.statuses()
+    before = _pids(st)
+    servers = _servers(st)
+    victim = sorted(servers)[0]  # the lowest address: the one everything followed before
+    node = fleet.node(victim)
+    for pid in node.machine.pids():
+        node.machine.kill(pid)
+    node.machine.link_down()
+    st = fleet.wait(
+        lambda st: len(_ready_servers(st, exclude=victim)) == 2,
+        timeout=10 + 5 + 30,
+        what=f"a replacement for {victim}",
+    )
+    time.sleep(5.0)
+    st = {n: s for n, s in fleet.statuses().items() if n != victim}
+    promoted = _ready_servers(st) - servers
+    after = _pids(st)
+    same = {n: before[n] for n in after if n not in promoted}
+    assert {n: after[n] for n in same} == same, fleet.table()
+    assert all(s is not None and s["k3s"]["ready"] for s in st.values()), fleet.table()
+
+
+def test_a_coordinator_dying_in_its_role_write_does_not_stop_failover(
+    lab_factory: LabFactory,
+) -> None:
+    """The datastore connections go through the contract suite's proxy, which silences the
+    connection that sends a role write (the coordinator's machine dies right then: the server
+    is not told); the test then crashes that machine. Before, the write was a transaction whose
+    SELECT ... FOR UPDATE had locked the lease row for hours: nobody could coordinate again."""
+    lab = lab_factory(5, with_db=True)
+    db = dbs.start(lab, "postgres")
+    assert lab.db is not None
+    report, armed = lab.workdir / "silenced", lab.workdir / "armed"
+    report.touch()
+    port = 15432
+    proxy = lab.db.spawn(
+        [
+            str(PYTHON),
+            "-m",
+            "tests.contract.proxy",
+            "--listen",
+            f"{db.host}:{port}",
+            "--target",
+            f"{db.host}:{db.port}",
+            "--silence-on",
+            "UPDATE k3snoded_members SET assigned",
+            "--report",
+            str(report),
+            "--armed-by",
+            str(armed),
+        ],
+        cwd=REPO,
+    )
+    assert proxy.poll() is None
+    endpoint = db.endpoint.replace(f":{db.port}/", f":{port}/")
+    fleet = Fleet(lab, endpoint=endpoint, eligible=4, agents=1, servers=2)
+    time.sleep(1.0)  # the proxy listens
+    fleet.start_all()
+    st = fleet.wait(fleet.converged, timeout=90, what="fleet formed through the proxy")
+    armed.touch()  # formation's role writes went through; from now on the next one is cut
+    coordinator = next(n for n, s in st.items() if s and s.get("coordinator") == n)
+    victim = sorted(_servers(st) - {coordinator})[0]
+    _crash(fleet, victim)  # the coordinator now writes a new decision...
+    deadline = time.monotonic() + 30
+    while not report.read_text().strip() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    silenced = report.read_text().split()
+    assert silenced, "no role write was sent"
+    writer = next(n.name for n in fleet.nodes if n.machine.address == silenced[0])
+    _crash(fleet, writer)  # ...and dies in the middle of it
+    rest = {n.name for n in fleet.nodes if not n.agent_only} - {victim, writer}
+    fleet.wait(
+        lambda st: (
+            _ready_servers(st) >= rest
+            and all((st[n] or {}).get("coordinator") in rest for n in rest)
+        ),
+        timeout=10 + 10 + 5 + 30,  # lease TTL + dead_after + decision + the stand-in's start
+        what="a new coordinator and two ready servers",
+    )
+
+
+def _crash(fleet: Fleet, name: str) -> None:
+    node = fleet.node(name)
+    for pid in node.machine.pids():
+        node.machine.kill(pid)
+    node.machine.link_down()

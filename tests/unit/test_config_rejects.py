@@ -35,6 +35,27 @@ CASES: list[tuple[str, dict[str, Any], str, str]] = [
         "needs the shared datastore",
     ),
     (
+        "server pinned, no shared datastore, a registration address (a VIP)",
+        {"datastore": {"endpoint": ""}, "node": {"role": "server"}, "servers": {"count": 1}},
+        "node.role",
+        "joins it as an agent",
+    ),
+    (
+        "vip enabled explicitly without an address",
+        {"registration": {"address": "", "vip": {"enabled": True}}},
+        "registration.vip.enabled",
+        "no address to hold",
+    ),
+    (
+        "single sqlite server with a vip it would never hold",
+        {
+            "datastore": {"endpoint": "sqlite:///var/lib/k3snoded/x.db"},
+            "servers": {"count": 1},
+        },
+        "registration.vip.enabled",
+        "never holds the VIP",
+    ),
+    (
         "auto without datastore nor address",
         {"datastore": {"endpoint": ""}, "registration": {"address": ""}},
         "servers.count",

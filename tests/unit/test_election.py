@@ -88,6 +88,24 @@ CASES = [
         id="count-lowered",
     ),
     pytest.param(
+        # "a" was replaced while frozen/partitioned and comes back still running its server:
+        # its assignment (agent) counts, not what it runs, so it does not take its seat back.
+        [m("a", role=S, ready=True), m("b", role=S, ready=True), m("c", role=S, ready=True)],
+        {"a": A, "b": S, "c": S},
+        2,
+        {"a": A, "b": S, "c": S},
+        "kept servers b, c",
+        id="returning-server-does-not-take-its-seat-back",
+    ),
+    pytest.param(
+        [m("a", role=S, ready=True), m("b")],
+        {},
+        1,
+        {"a": S, "b": A},
+        "elected servers a",
+        id="running-role-counts-without-an-assignment",
+    ),
+    pytest.param(
         [m("a"), m("b", age=60)],
         {"a": S, "b": A},
         2,
@@ -109,6 +127,40 @@ def test_decide(
     d = decide(ElectionInput(members=members, assigned=assigned, count=count, dead_after=10.0))
     assert d.roles == want
     assert reason in d.reason
+
+
+def test_a_server_whose_k3s_never_gets_ready_gives_its_seat_to_a_ready_machine() -> None:
+    members = [m("a", role=S), m("b", role=S, ready=True), m("c", role=A, ready=True)]
+    assigned = {"a": S, "b": S, "c": A}
+    inp = ElectionInput(members, assigned, 2, 10.0, unready={"a": 301.0}, unready_after=300.0)
+    d = decide(inp)
+    assert d.roles == {"a": A, "b": S, "c": S}
+    assert "demoted a because its k3s has not been ready for 301 s" in d.reason
+    # Not yet past k3s.ready_timeout, or no ready machine to take the seat: kept.
+    early = ElectionInput(members, assigned, 2, 10.0, unready={"a": 299.0}, unready_after=300.0)
+    assert decide(early).roles == assigned
+    alone = [m("a", role=S), m("b", role=S, ready=True), m("c", role=A)]
+    lone = ElectionInput(alone, assigned, 2, 10.0, unready={"a": 999.0}, unready_after=300.0)
+    assert decide(lone).roles == assigned
+    # No server ready at all, so no agent can be ready either: the seat goes round.
+    stuck = [m("a", role=S), m("c", role=A)]
+    inp = ElectionInput(stuck, {"a": S, "c": A}, 1, 10.0, unready={"a": 61.0}, unready_after=60)
+    assert decide(inp).roles == {"a": A, "c": S}
+
+
+def test_a_server_demoted_for_never_getting_ready_is_ranked_last_for_a_while() -> None:
+    members = [m("a", role=A), m("b", role=S, ready=True), m("c"), m("d")]
+    inp = ElectionInput(members, {"b": S, "a": A, "c": A, "d": A}, 2, 10.0, avoid=frozenset("a"))
+    assert decide(inp).roles == {"a": A, "b": S, "c": S, "d": A}
+    first = ElectionInput(
+        [m("a", role=S), m("b", role=S, ready=True), m("c", ready=True)],
+        {"a": S, "b": S, "c": A},
+        2,
+        10.0,
+        unready={"a": 61.0},
+        unready_after=60.0,
+    )
+    assert decide(first).failed == frozenset({"a"})
 
 
 def test_decide_is_stable_when_fed_its_own_output() -> None:

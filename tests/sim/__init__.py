@@ -1,0 +1,1 @@
+"""The deterministic fleet simulator (``make sim``): the real decision code on a virtual clock."""
