@@ -66,7 +66,7 @@ def _write(path: Path, tmp: Path, endpoint: str, count: int) -> None:
             "run_dir": str(tmp / "run"),
         },
         "k3s": {
-            "node_password_file": str(tmp / "node-password"),
+            "node_password_file": str(tmp / "etc/rancher/node/password"),
             "data_dir": str(tmp / "k3s"),
         },
         "datastore": {"endpoint": endpoint},

@@ -12,6 +12,7 @@ import pytest
 
 from k3snoded.config import Config, NodeConfig, RegistrationConfig, VipConfig
 from k3snoded.errors import VrrpError
+from k3snoded.model import VrrpAuthentication
 from k3snoded.vip import VipKeeper
 
 MISSING = "k3sn-nx-test0"  # an interface that does not exist: the real speaker fails at once
@@ -21,7 +22,11 @@ def config(interface: str = MISSING) -> Config:
     return Config(
         node=NodeConfig(name="n1", address="198.18.0.11", interface=interface),
         registration=RegistrationConfig(
-            address="198.18.0.100", vip=VipConfig(enabled=True, interface=interface)
+            address="198.18.0.100",
+            # No token file here; these tests are about the speaker's life, not its adverts.
+            vip=VipConfig(
+                enabled=True, interface=interface, authentication=VrrpAuthentication.NONE
+            ),
         ),
         source=Path("/dev/null"),
     )
