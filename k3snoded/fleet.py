@@ -18,8 +18,10 @@ import dataclasses
 import hashlib
 import hmac
 import logging
+from pathlib import Path
 from typing import Any, Protocol
 
+from k3snoded.atomic import read_json_state, write_json_state
 from k3snoded.config import Config, CoordinationConfig
 from k3snoded.datastore import (
     BOOTSTRAP_LEASE,
@@ -98,6 +100,7 @@ class FleetRoles(RoleSource):
         self._boot_pause_until = 0.0
         self._boot_failed = False
         self._fence_timer: asyncio.TimerHandle | None = None
+        self._bootstrap_noted = False
         self._task: asyncio.Task[Any] | None = None  # the loop, ended first by stop()
         supervisor.on_change(self._child_changed)
 
@@ -135,6 +138,11 @@ class FleetRoles(RoleSource):
             # left running by the previous daemon is adopted, and if it came up as the first
             # server while no daemon watched, _bootstrap records that instead of stopping it.
             self.wanted = Wanted(Role.SERVER, before.registration, before.reason)
+            if not await asyncio.to_thread(read_json_state, self._bootstrap_file()):
+                # It may be an unbootstrapped first server whose lease nobody renews now: fence
+                # it as its holder would have, unless the datastore shows the bootstrap first.
+                self._boot_until = _now() + self.cfg.coordination.lease_ttl
+                self._arm_fence()
         await self._preflight()
         interval = self.cfg.coordination.renew_interval
         while not self.left:
@@ -365,9 +373,21 @@ class FleetRoles(RoleSource):
             self.bootstrapped_by = flags.get(BOOTSTRAPPED_FLAG)
         if self.bootstrapped_by is not None:
             self._boot_until = None
+            await self._remember_bootstrap()
             await self.apply(Wanted(Role.SERVER, registration, "the coordinator assigned server"))
             return
         await self._bootstrap(registration)
+
+    def _bootstrap_file(self) -> Path:
+        return self.cfg.node.state_dir / "bootstrapped.json"
+
+    async def _remember_bootstrap(self) -> None:
+        """Note on disk that this cluster is bootstrapped: a daemon restarted during an outage
+        then knows its adopted k3s server is no first start to fence."""
+        if not self._bootstrap_noted and self.bootstrapped_by is not None:
+            self._bootstrap_noted = True
+            path, by = self._bootstrap_file(), self.bootstrapped_by
+            await asyncio.to_thread(write_json_state, path, {"bootstrapped_by": by})
 
     async def _bootstrap(self, registration: str) -> None:
         """The first server starts alone (D2), and the bootstrap lease fences it: its holder
@@ -383,6 +403,7 @@ class FleetRoles(RoleSource):
                 await self.ds.release_lease(BOOTSTRAP_LEASE, self.me)
             self.bootstrapped_by, self._boot_until = self.me, None
             log.info("bootstrapped the cluster; other servers may start now")
+            await self._remember_bootstrap()
             await self.apply(Wanted(Role.SERVER, registration, "the coordinator assigned server"))
             return
         now = _now()
@@ -445,6 +466,8 @@ class FleetRoles(RoleSource):
         self._fence_timer = None
         if self.bootstrapped_by is not None or self._boot_until is None:
             return
+        if self._task is not None and self._task.done():
+            return  # the daemon is stopping; nothing runs any more
         if _now() < self._boot_until:
             self._arm_fence()
             return

@@ -197,6 +197,8 @@ class SupervisorModel:
         if proc is not None and proc.alive:  # adopted: kept until the first want()
             ready = proc.state == "ready"
             self._set(ChildState.READY if ready else ChildState.STARTING, ready=ready)
+            if not ready:  # the supervisor times an adopted child's readiness from adoption
+                machine.later_daemon(proc.spec.ready_timeout, self._ready_deadline, proc)
 
     @property
     def status(self) -> ChildStatus:

@@ -47,6 +47,8 @@ REGRESSIONS_GEN2 = {
     2262: "two of three machines crash-looped; the bootstrap went round between those two",
     3329: "a restarted daemon stopped its adopted k3s, which had bootstrapped while unwatched",
     4187: "a server demoted for a k3s that never got ready was promoted straight back",
+    76400: "a first server's daemon restarted during an outage adopted its unbootstrapped k3s "
+    "and nothing fenced it while another server bootstrapped",
 }
 REGRESSIONS = [pytest.param(1, s, id=f"seed-{s}") for s in sorted(REGRESSIONS_GEN1)] + [
     pytest.param(2, s, id=f"gen2-seed-{s}") for s in sorted(REGRESSIONS_GEN2)
