@@ -197,7 +197,9 @@ class SupervisorModel:
         if proc is not None and proc.alive:  # adopted: kept until the first want()
             ready = proc.state == "ready"
             self._set(ChildState.READY if ready else ChildState.STARTING, ready=ready)
-            if not ready:  # the supervisor times an adopted child's readiness from adoption
+            # The supervisor times an adopted child's readiness from adoption (an agent has
+            # no ready deadline: it is never killed for it).
+            if not ready and proc.spec.ready_timeout is not None:
                 machine.later_daemon(proc.spec.ready_timeout, self._ready_deadline, proc)
 
     @property
