@@ -99,6 +99,7 @@ class FleetRoles(RoleSource):
         self._boot_wait_until = 0.0
         self._boot_pause_until = 0.0
         self._boot_failed = False
+        self._boot_taken = False  # we took the bootstrap lease and have not released it
         self._fence_timer: asyncio.TimerHandle | None = None
         self._bootstrap_noted = False
         self._task: asyncio.Task[Any] | None = None  # the loop, ended first by stop()
@@ -351,6 +352,8 @@ class FleetRoles(RoleSource):
 
     async def _reconcile(self) -> None:
         mine = self.assigned.get(self.me)
+        if mine is not Role.SERVER and await self._leave_bootstrap():
+            return
         if mine is None:
             await self.apply(Wanted(Role.NONE, "", "waiting for the coordinator to assign a role"))
             return
@@ -372,7 +375,7 @@ class FleetRoles(RoleSource):
             flags = await self.ds.flags()
             self.bootstrapped_by = flags.get(BOOTSTRAPPED_FLAG)
         if self.bootstrapped_by is not None:
-            self._boot_until = None
+            self._boot_until, self._boot_taken = None, False
             await self._remember_bootstrap()
             await self.apply(Wanted(Role.SERVER, registration, "the coordinator assigned server"))
             return
@@ -395,15 +398,8 @@ class FleetRoles(RoleSource):
         that took the lease over from another waits until that one's k3s is surely gone, and a
         holder whose k3s fails to come up lets someone else try."""
         c, k3s_cfg = self.cfg.coordination, self.cfg.k3s
-        if self.wanted.role is Role.SERVER and self.supervisor.status.ready:
-            # Our k3s came up as the first server: the cluster is bootstrapped, whatever
-            # became of the lease meanwhile (a slow datastore may have let it lapse).
-            await self.ds.set_flag(BOOTSTRAPPED_FLAG, self.me)
-            if self._boot_until is not None:
-                await self.ds.release_lease(BOOTSTRAP_LEASE, self.me)
-            self.bootstrapped_by, self._boot_until = self.me, None
-            log.info("bootstrapped the cluster; other servers may start now")
-            await self._remember_bootstrap()
+        if self._came_up():
+            await self._note_bootstrapped()
             await self.apply(Wanted(Role.SERVER, registration, "the coordinator assigned server"))
             return
         now = _now()
@@ -415,6 +411,12 @@ class FleetRoles(RoleSource):
         before = _now()
         if not await self.ds.try_lease(BOOTSTRAP_LEASE, self.me, c.lease_ttl):
             self._boot_until = None
+            if self._came_up():  # while we asked (a slow datastore): it is the first server
+                await self._note_bootstrapped()
+                await self.apply(
+                    Wanted(Role.SERVER, registration, "the coordinator assigned server")
+                )
+                return
             lease = await self.ds.lease(BOOTSTRAP_LEASE)
             holder = lease.holder if lease else "another server"
             await self._stop_bootstrapping(f"waiting for {holder} to bootstrap the cluster first")
@@ -429,6 +431,7 @@ class FleetRoles(RoleSource):
                 wait,
             )
         self._boot_until = before + c.lease_ttl
+        self._boot_taken = True
         self._arm_fence()
         if self._boot_failed:
             self._boot_failed = False
@@ -445,13 +448,41 @@ class FleetRoles(RoleSource):
             Wanted(Role.SERVER, registration, "bootstrapping the cluster (first server)")
         )
 
+    def _came_up(self) -> bool:
+        """Our k3s server is ready: it has the cluster's CA, so the cluster is bootstrapped,
+        whatever became of the lease meanwhile (a slow datastore may have let it lapse)."""
+        return self.wanted.role is Role.SERVER and self.supervisor.status.ready
+
+    async def _note_bootstrapped(self) -> None:
+        await self.ds.set_flag(BOOTSTRAPPED_FLAG, self.me)
+        if self._boot_taken:
+            await self.ds.release_lease(BOOTSTRAP_LEASE, self.me)
+        self.bootstrapped_by, self._boot_until, self._boot_taken = self.me, None, False
+        log.info("bootstrapped the cluster; other servers may start now")
+        await self._remember_bootstrap()
+
     async def _stop_bootstrapping(self, reason: str) -> None:
         """Not (or no longer) the first server: no k3s until the cluster is bootstrapped. A
-        lease we still hold is released once our k3s is gone, so the next one need not wait."""
+        lease we took is released once our k3s is gone (even after the fence gave it up: the
+        statement frees it only while it names us), so the next one need not wait it out."""
+        self._boot_failed = False  # this attempt is over; a later one starts afresh
         await self.apply(Wanted(Role.NONE, "", reason))
-        if self._boot_until is not None and self.supervisor.status.pid is None:
-            self._boot_until = None
+        held = self._boot_taken or self._boot_until is not None
+        if held and self.supervisor.status.pid is None:
+            self._boot_until, self._boot_taken = None, False
             await self.ds.release_lease(BOOTSTRAP_LEASE, self.me)
+
+    async def _leave_bootstrap(self) -> bool:
+        """No longer assigned server during our first-server attempt: stop the unbootstrapped
+        k3s and release the bootstrap lease once it is gone, rather than leaving the next first
+        server to wait the lease out. True while that is under way (no other role yet)."""
+        if not self._boot_taken or self.bootstrapped_by is not None:
+            return False
+        if self._came_up():  # it came up as we were demoted: record it, then follow the role
+            await self._note_bootstrapped()
+            return False
+        await self._stop_bootstrapping("no longer assigned server: ending its first start")
+        return self._boot_taken
 
     def _arm_fence(self) -> None:
         if self._fence_timer is not None:

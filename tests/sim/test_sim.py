@@ -49,6 +49,10 @@ REGRESSIONS_GEN2 = {
     4187: "a server demoted for a k3s that never got ready was promoted straight back",
     76400: "a first server's daemon restarted during an outage adopted its unbootstrapped k3s "
     "and nothing fenced it while another server bootstrapped",
+    80255: "a first server whose k3s came up while its lease renewal was slow (and lost to a "
+    "clock step) was stopped: the lost-lease branch did not look at its readiness again",
+    55276: "a first server demoted for a never-ready k3s kept the bootstrap lease: each next "
+    "first server waited it out (2 TTL + TTL + stop_timeout) and the fleet formed too late",
 }
 REGRESSIONS = [pytest.param(1, s, id=f"seed-{s}") for s in sorted(REGRESSIONS_GEN1)] + [
     pytest.param(2, s, id=f"gen2-seed-{s}") for s in sorted(REGRESSIONS_GEN2)
@@ -215,3 +219,21 @@ def test_two_first_machines_with_different_tokens_are_not_both_members(
     members = set(world.server.members)
     assert not {"m1", "m2"} <= members, world.render()
     assert sum("refusing to join" in text for _, _, text in world.lines) == 1, world.render()
+
+
+def _lines(world: World, who: str, *texts: str) -> list[float]:
+    return [t for t, w, text in world.lines if w == who and any(x in text for x in texts)]
+
+
+def test_a_demoted_first_server_releases_the_bootstrap_lease(tmp_path: Path) -> None:
+    """m1 bootstraps but its k3s never gets ready; the coordinator gives the seat to m2. m1
+    must release the bootstrap lease once its k3s is gone, so that m2 need not wait the lease
+    out (2 TTL) and then the time a holder that did not release it needs to stop its k3s."""
+    plan = calm(count=1, boot_at=(0.0, 5.0, 6.0), k3s_faults=("never_ready", "none", "none"))
+    world = run_plan(plan, tmp_path)
+    assert world.violation is None, world.render()
+    assert world.server.cluster_ca in ("m2", "m3"), world.render()
+    assert not any("did not release it" in text for _, _, text in world.lines), world.render()
+    stopped = _lines(world, "m1", "k3s stopped")[0]
+    first = min([*_lines(world, "m2", "bootstrapping the cluster"), math.inf])
+    assert first - stopped < 5.0, world.render()
