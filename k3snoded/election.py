@@ -74,7 +74,14 @@ def decide(inp: ElectionInput) -> Decision:
             roles[name] = Role.AGENT
         elif name in inp.assigned:
             roles[name] = inp.assigned[name]
-    failed = frozenset(n for n in failing if roles.get(n) is not Role.SERVER)
+    # A server that stepped out unready (a first server whose k3s failed to come up pauses
+    # its eligibility) failed too: when its pause ends it must not win the seat straight back.
+    stepped_out = {
+        m.name
+        for m in live
+        if inp.assigned.get(m.name) is Role.SERVER and not m.eligible and not m.ready
+    }
+    failed = frozenset(n for n in failing | stepped_out if roles.get(n) is not Role.SERVER)
     return Decision(roles=roles, reason=_explain(inp, servers, dead, failing), failed=failed)
 
 

@@ -53,6 +53,10 @@ REGRESSIONS_GEN2 = {
     "clock step) was stopped: the lost-lease branch did not look at its readiness again",
     55276: "a first server demoted for a never-ready k3s kept the bootstrap lease: each next "
     "first server waited it out (2 TTL + TTL + stop_timeout) and the fleet formed too late",
+    62904: "a pinned first server that crash-looped stepped out, and was promoted straight back "
+    "each time its pause ended (also: the model killed never-ready agents, which k3s does not)",
+    34352: "two never-ready machines took the seat in turn, each round slowed by a bootstrap "
+    "lease left to expire (also: the model killed never-ready agents, which k3s does not)",
 }
 REGRESSIONS = [pytest.param(1, s, id=f"seed-{s}") for s in sorted(REGRESSIONS_GEN1)] + [
     pytest.param(2, s, id=f"gen2-seed-{s}") for s in sorted(REGRESSIONS_GEN2)
@@ -237,3 +241,22 @@ def test_a_demoted_first_server_releases_the_bootstrap_lease(tmp_path: Path) -> 
     stopped = _lines(world, "m1", "k3s stopped")[0]
     first = min([*_lines(world, "m2", "bootstrapping the cluster"), math.inf])
     assert first - stopped < 5.0, world.render()
+
+
+def test_a_machine_whose_k3s_failed_as_first_server_is_not_promoted_straight_back(
+    tmp_path: Path,
+) -> None:
+    """m1 (pinned server) crash-loops as the first server and steps out; m2's k3s never gets
+    ready either. The seat must then go to m3, which has not failed, not back to m1 when its
+    pause ends (it would fail again, and each round costs a ready_timeout)."""
+    plan = calm(
+        count=1,
+        preferences=(RolePreference.SERVER, RolePreference.AUTO, RolePreference.AUTO),
+        boot_at=(0.0, 5.0, 6.0),
+        k3s_faults=("crash_loop", "never_ready", "none"),
+    )
+    world = run_plan(plan, tmp_path)
+    assert world.violation is None, world.render()
+    assert world.server.cluster_ca == "m3", world.render()
+    promoted = [text for _, _, text in world.lines if "promoted m1" in text]
+    assert not promoted, world.render()

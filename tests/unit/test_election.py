@@ -163,6 +163,18 @@ def test_a_server_demoted_for_never_getting_ready_is_ranked_last_for_a_while() -
     assert decide(first).failed == frozenset({"a"})
 
 
+def test_a_server_that_stepped_out_unready_counts_as_failed() -> None:
+    """A first server whose k3s failed to come up pauses its eligibility: it is demoted, and
+    reported failed, so that the coordinator ranks it last when the pause ends."""
+    members = [m("a", eligible=False), m("b", role=A), m("c", role=A)]
+    d = decide(ElectionInput(members, {"a": S, "b": A, "c": A}, 1, 10.0))
+    assert d.roles == {"a": A, "b": S, "c": A}
+    assert d.failed == frozenset({"a"})
+    # A ready server that stops being eligible (leaving, node.role agent) has not failed.
+    leaving = [m("a", eligible=False, role=S, ready=True), m("b", role=A), m("c", role=A)]
+    assert decide(ElectionInput(leaving, {"a": S, "b": A, "c": A}, 1, 10.0)).failed == frozenset()
+
+
 def test_decide_is_stable_when_fed_its_own_output() -> None:
     members = [m(n) for n in "edcba"]
     first = decide(ElectionInput(members, {}, 3, 10.0))
