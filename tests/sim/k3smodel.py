@@ -1,34 +1,48 @@
-"""A model of k3s's observable life, and of the supervisor that runs it.
+"""A model of k3s v1.31's observable life (``reference/k3s-behaviour.md``, its Corrections).
 
-``K3sHost`` is what one machine's k3s does, whoever supervises it: a started process reaches
-READY after a start delay (a server only while it reaches the datastore; an agent only while
-some server is ready), a server that loses the datastore for 15 s exits 255 (its leader
-election), a stop takes from a fraction of a second to the "slow stop" of 5-8 s (SIGKILL at
-``stop_timeout``), and a host can be broken: ``never_ready`` (starts, never READY) or
-``crash_loop`` (exits 1 a few seconds after each start). The first server started on a cluster
-with no bootstrap data is "inside the first start" until READY, when it writes the cluster CA.
+``K3sHost`` is what one machine's k3s does, whoever supervises it; ``K3sCluster`` is what the
+servers share through the datastore (the bootstrap key and the controller-manager lease).
 
-``SupervisorModel`` exposes what ``roles.RoleSource`` uses of ``k3snoded.supervisor.Supervisor``
-(``want``, ``status``, ``on_change``) with its rules: level-triggered, a different spec replaces
-the child, READY within ``ready_timeout`` or stop and retry, restarts with exponential backoff
-(1 s doubling to ``restart_backoff_max``), a crash loop after 3 quick exits, and adoption: until
-the first ``want`` a child left by a previous daemon is kept.
+* A server connects to the datastore 1-3 s after exec (while it cannot, it retries every
+  second; a refused MySQL connection is fatal, exit 1), then bootstraps: it loads the cluster
+  CA, or locks the bootstrap key when there is none, or waits while another server holds the
+  lock (polled every 5 s; after 5 polls the lock is taken over). 2-5 s later its apiserver is
+  up: the lock holder saves the CA, and READY=1 follows once ``/readyz`` answers, i.e. while it
+  reaches the datastore. ``/readyz`` fails while its datastore does not answer within 2 s (down,
+  cut off, or a slow statement); ``healthy`` follows it, and the supervisor reports it.
+* Datastore loss: only the holder of the controller-manager lease exits, status 1, once it
+  could not renew for 10 s (renewals every 2 s); a lease not renewed for 15 s is taken by
+  another ready server that reaches the datastore. Other servers keep running, not ready.
+* An agent sends READY=1 only once a server's ``/readyz`` answers through its load balancer
+  (a server it can reach, ready and reaching the datastore); it gives up after 15 minutes.
+* SIGTERM: the components are cancelled after a 5 s delay, so a stop takes 5-6 s (a "slow
+  stop" 6-13 s, SIGKILLed at ``stop_timeout``). A SIGTERMed server still finishes the
+  bootstrap step it is in (it may still lock the key, or save the CA) but sends no READY=1.
+* Faults of a host: ``never_ready`` (starts, never READY=1) and ``crash_loop`` (exits 1 a few
+  seconds after each start).
+
+What the daemon must keep (the invariants in ``world.py``) is stricter than what k3s needs:
+k3s's lock keeps one CA when servers start together, but k3snoded still starts the first
+server alone. A second CA (a server that saved its own over another's) is reported here.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from k3snoded.model import ChildState, Role
-from k3snoded.process import ChildSpec, ChildStatus
+from k3snoded.model import Role
+from k3snoded.process import ChildSpec
 
 if TYPE_CHECKING:
-    from tests.sim.world import SimMachine
+    from tests.sim.world import SimMachine, World
 
-LEADER_ELECTION_LOSS = 15.0  # a real k3s server exits 255 this long after losing its datastore
+SHUTDOWN_DELAY = 5.0  # pkg/util/context.go: SIGTERM cancels the components after 5 s
+READYZ_TIMEOUT = 2.0  # the apiserver's etcd readiness check
+LOCK_POLL, LOCK_ATTEMPTS = 5.0, 5  # pkg/cluster/storage.go (Corrections table)
+LEADER_RETRY, LEADER_RENEW_DEADLINE, LEADER_LEASE = 2.0, 10.0, 15.0  # controller-manager
+AGENT_GIVE_UP = 900.0  # WaitForAPIServerReady: fatal after 15 minutes
 
 
 @dataclass(eq=False)
@@ -40,17 +54,78 @@ class Proc:
     role: Role
     started: float
     config_version: int
-    first_start: bool  # a server started while the cluster had no bootstrap data
-    state: str = "starting"  # starting | ready | stopping | exited
+    first_start: bool  # a server started before the cluster had a CA, and without one yet
+    state: str = "starting"  # starting | ready (READY=1 sent) | stopping | exited
     exit_status: int | None = None
+    healthy: bool = False  # a server's /readyz answers 200
+    made_ca: bool = False  # it locked the bootstrap key: it makes its own CA
+    attempts: int = 0  # polls of a bootstrap key another server locked
 
     @property
     def alive(self) -> bool:
         return self.state != "exited"
 
+    @property
+    def serving(self) -> bool:
+        """A server whose apiserver is up and answers /readyz."""
+        return self.role is Role.SERVER and self.state == "ready" and self.healthy
+
 
 def role_of(spec: ChildSpec) -> Role:
     return Role.SERVER if spec.argv[1] == "server" else Role.AGENT
+
+
+class K3sCluster:
+    """What the k3s servers share in the datastore: the bootstrap lock (the CA itself is
+    ``Server.cluster_ca``) and the controller-manager lease, renewed on a 2 s tick."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.lock: Proc | None = None  # the bootstrap key, locked and still empty
+        self.leader: Proc | None = None
+        self.renewed = 0.0  # the leader's last renewal
+        self.lease_until = 0.0
+        self.deposed: list[Proc] = []
+
+    def start(self) -> None:
+        self.world.loop.call_later(LEADER_RETRY, self._tick)
+
+    def _machine(self, proc: Proc) -> SimMachine | None:
+        return next((m for m in self.world.machines if m.host.proc is proc), None)
+
+    def _tick(self) -> None:
+        self.world.loop.call_later(LEADER_RETRY, self._tick)
+        now = self.world.now
+        for proc in list(self.deposed):  # a leader frozen past its renew deadline, thawed
+            m = self._machine(proc)
+            if m is None or not proc.alive:
+                self.deposed.remove(proc)
+            elif not m.frozen:
+                self.deposed.remove(proc)
+                m.host.exit(proc, 1, "leader election lost (controller-manager lease)")
+        leader = self.leader
+        m = self._machine(leader) if leader is not None else None
+        if leader is not None and (m is None or not leader.alive):
+            self.leader = None  # exited or died: the lease expires 15 s after its renewal
+        elif leader is not None and m is not None and not m.frozen:
+            if now - self.renewed >= LEADER_RENEW_DEADLINE:
+                self.leader = None
+                m.host.exit(leader, 1, "leader election lost (controller-manager lease)")
+            elif m.host.reaches_datastore(LEADER_RETRY):
+                self.renewed, self.lease_until = now, now + LEADER_LEASE
+        if now < self.lease_until:
+            return
+        for x in self.world.machines:  # a lease not renewed for 15 s: another server takes it
+            cand = x.host.proc
+            if cand is None or cand is self.leader or not x.alive or x.frozen:
+                continue
+            if cand.state == "ready" and cand.role is Role.SERVER and x.host.reaches_datastore():
+                if self.leader is not None:
+                    self.deposed.append(self.leader)  # frozen: it finds out when thawed
+                if self.renewed:
+                    self.world.trace(x.name, "k3s took the controller-manager lease")
+                self.leader, self.renewed, self.lease_until = cand, now, now + LEADER_LEASE
+                return
 
 
 class K3sHost:
@@ -62,7 +137,11 @@ class K3sHost:
         self.fault = "none"  # none | never_ready | crash_loop
         self.slow_stop = False
         self._watchers: list[Callable[[Proc], None]] = []  # told when a process changes
-        self._loss_timer: asyncio.TimerHandle | None = None
+        self._probing = False
+
+    @property
+    def cluster(self) -> K3sCluster:
+        return self.machine.world.k3s
 
     def watch(self, cb: Callable[[Proc], None]) -> None:
         self._watchers = [cb]
@@ -71,62 +150,116 @@ class K3sHost:
         for cb in list(self._watchers):
             cb(proc)
 
+    def reaches_datastore(self, within: float = READYZ_TIMEOUT) -> bool:
+        """One datastore round trip answered within ``within`` seconds (draws a delay while
+        the datastore is slow)."""
+        link = self.machine.link
+        if link.state != "up":
+            return False
+        if not link.slow and not self.machine.world.db_slow:
+            return True
+        return link.delay() <= within and not link.answer_lost()
+
+    # ---- life ---------------------------------------------------------------------------------
     def start(self, spec: ChildSpec) -> Proc:
         world = self.machine.world
         role = role_of(spec)
-        proc = Proc(
-            world.next_pid(),
-            spec,
-            role,
-            world.now,
-            self.machine.config_version,
-            first_start=role is Role.SERVER and world.server.cluster_ca is None,
-        )
+        first = role is Role.SERVER and world.server.cluster_ca is None
+        proc = Proc(world.next_pid(), spec, role, world.now, self.machine.config_version, first)
         self.proc = proc
         world.trace(self.machine.name, f"k3s {role.value} started (pid {proc.pid})")
         if self.fault == "crash_loop":
-            self.machine.later_k3s(world.rng.uniform(1.0, 3.0), self._exit, proc, 1)
+            self.machine.later_k3s(world.rng.uniform(1.0, 3.0), self.exit, proc, 1, "")
+        elif role is Role.SERVER:
+            self.machine.later_k3s(world.rng.uniform(1.0, 3.0), self._connect, proc)
         else:
-            delay = world.rng.uniform(3.0, 8.0) if role is Role.SERVER else world.rng.uniform(1, 3)
-            self.machine.later_k3s(delay, self._try_ready, proc)
+            self.machine.later_k3s(world.rng.uniform(1.0, 3.0), self._try_ready, proc)
+            self.machine.later_k3s(AGENT_GIVE_UP, self._give_up, proc)
         return proc
+
+    def _current(self, proc: Proc) -> bool:
+        return proc is self.proc and proc.state in ("starting", "stopping")
+
+    def _connect(self, proc: Proc) -> None:
+        """kine connects, then storageBootstrap: load the CA, lock the key, or wait."""
+        if not self._current(proc):
+            return
+        world, cluster = self.machine.world, self.cluster
+        state = self.machine.link.state
+        if state == "refuse" and world.server.dialect == "mysql":
+            self.exit(proc, 1, "datastore connection refused (fatal)")
+            return
+        if state != "up":
+            self.machine.later_k3s(1.0, self._connect, proc)
+            return
+        if world.server.cluster_ca is None:
+            if cluster.lock is not None and cluster.lock is not proc:
+                # "Bootstrap key is locked - waiting for data to be populated by another
+                # server": polled; after 5 polls the lock (maybe a dead holder's) is retaken.
+                proc.attempts += 1
+                if proc.attempts < LOCK_ATTEMPTS:
+                    self.machine.later_k3s(LOCK_POLL, self._connect, proc)
+                    return
+                world.trace(self.machine.name, "k3s: bootstrap key lock timed out, retaking it")
+            cluster.lock, proc.made_ca = proc, True
+        else:
+            proc.first_start = False  # loaded the CA: a joining server
+        self.machine.later_k3s(world.rng.uniform(2.0, 5.0), self._apiserver, proc)
+
+    def _apiserver(self, proc: Proc) -> None:
+        if not self._current(proc):
+            return
+        world, cluster = self.machine.world, self.cluster
+        if proc.made_ca:
+            if world.server.cluster_ca is None:
+                world.server.cluster_ca = self.machine.name
+                world.trace(self.machine.name, "k3s wrote the cluster CA (bootstrap done)")
+            elif world.server.cluster_ca != self.machine.name:
+                world.fail(self.machine.name, "k3s saved a second cluster CA")
+                return
+            if cluster.lock is proc:
+                cluster.lock = None
+            proc.first_start = False
+        if proc.state == "starting":
+            self._try_ready(proc)
 
     def _try_ready(self, proc: Proc) -> None:
         if proc is not self.proc or proc.state != "starting" or self.fault != "none":
             return
         world = self.machine.world
         if proc.role is Role.SERVER:
-            ok = self.machine.link.state == "up"
+            ok = self.reaches_datastore()
         else:
-            ok = world.any_ready_server()
+            ok = world.apiserver_for(self.machine)
         if not ok:
             self.machine.later_k3s(1.0, self._try_ready, proc)
             return
-        proc.state = "ready"
-        if proc.role is Role.SERVER and world.server.cluster_ca is None:
-            world.server.cluster_ca = self.machine.name
-            world.trace(self.machine.name, "k3s wrote the cluster CA (bootstrap done)")
-        proc.first_start = False
+        proc.state, proc.healthy = "ready", proc.role is Role.SERVER
         world.trace(self.machine.name, f"k3s {proc.role.value} ready (pid {proc.pid})")
         self._changed(proc)
         self.link_changed()
 
-    def _exit(self, proc: Proc, status: int) -> None:
+    def _give_up(self, proc: Proc) -> None:
+        if proc is self.proc and proc.state == "starting":
+            self.exit(proc, 1, "no apiserver answered within 15 minutes")
+
+    def exit(self, proc: Proc, status: int, why: str) -> None:
         if proc is not self.proc or not proc.alive:
             return
         proc.state, proc.exit_status = "exited", status
         self.proc = None
-        self.machine.world.trace(self.machine.name, f"k3s exited {status} (pid {proc.pid})")
+        note = f": {why}" if why else ""
+        self.machine.world.trace(self.machine.name, f"k3s exited {status} (pid {proc.pid}){note}")
         self._changed(proc)
 
     def stop(self, proc: Proc, done: Callable[[], None]) -> None:
-        """SIGTERM; the process exits after its stop time (SIGKILL at stop_timeout)."""
+        """SIGTERM: the process exits after the delayed cancel (SIGKILL at stop_timeout)."""
         if not proc.alive:
             done()
             return
         proc.state = "stopping"
         rng = self.machine.world.rng
-        took = rng.uniform(5.0, 8.0) if self.slow_stop else rng.uniform(0.1, 1.0)
+        took = SHUTDOWN_DELAY + (rng.uniform(1.0, 8.0) if self.slow_stop else rng.uniform(0.1, 1.0))
         took = min(took, proc.spec.stop_timeout)
 
         def gone() -> None:
@@ -145,156 +278,28 @@ class K3sHost:
         proc, self.proc = self.proc, None
         if proc is not None and proc.alive:
             proc.state = "exited"
-        if self._loss_timer is not None:
-            self._loss_timer.cancel()
-            self._loss_timer = None
+        self._probing = False
 
+    # ---- health -------------------------------------------------------------------------------
     def link_changed(self) -> None:
-        """The machine's path to the datastore changed: a ready server exits 255 after 15 s
-        without it (k3s's leader election), and comes back by itself on a restart."""
+        """The path to the datastore changed (down, up, slow): a ready server's /readyz is
+        probed again, and every second while the datastore is slow."""
         proc = self.proc
-        down = self.machine.link.state != "up"
-        if proc is None or proc.role is not Role.SERVER or proc.state != "ready" or not down:
-            if self._loss_timer is not None:
-                self._loss_timer.cancel()
-                self._loss_timer = None
+        if proc is None or proc.role is not Role.SERVER or proc.state != "ready":
             return
-        if self._loss_timer is None:
-            self._loss_timer = self.machine.later_k3s(LEADER_ELECTION_LOSS, self._lost, proc)
+        if not self._probing:
+            self._probing = True
+            self.machine.later_k3s(self.machine.world.rng.uniform(0.0, 1.0), self._probe, proc)
 
-    def _lost(self, proc: Proc) -> None:
-        self._loss_timer = None
-        if self.machine.link.state != "up":
-            self._exit(proc, 255)
-
-
-class _Unset:
-    pass
-
-
-_UNSET = _Unset()
-
-
-class SupervisorModel:
-    """``want`` / ``status`` / ``on_change`` over a ``K3sHost``, with the supervisor's rules."""
-
-    def __init__(self, machine: SimMachine, backoff_max: float) -> None:
-        self.machine = machine
-        self.host = machine.host
-        self._wanted: ChildSpec | _Unset | None = _UNSET
-        self._callbacks: list[Callable[[ChildStatus], None]] = []
-        self._status = ChildStatus()
-        self._backoff = 1.0
-        self._backoff_max = backoff_max
-        self._quick_exits = 0
-        self._restarts = 0
-        self._retry_at = 0.0
-        self._stopping = False
-        self._scheduled = False
-        self.closed = False
-        self.host.watch(self._proc_changed)
-        proc = self.host.proc
-        if proc is not None and proc.alive:  # adopted: kept until the first want()
-            ready = proc.state == "ready"
-            self._set(ChildState.READY if ready else ChildState.STARTING, ready=ready)
-            # The supervisor times an adopted child's readiness from adoption (an agent has
-            # no ready deadline: it is never killed for it).
-            if not ready and proc.spec.ready_timeout is not None:
-                machine.later_daemon(proc.spec.ready_timeout, self._ready_deadline, proc)
-
-    @property
-    def status(self) -> ChildStatus:
-        return self._status
-
-    def on_change(self, cb: Callable[[ChildStatus], None]) -> None:
-        self._callbacks.append(cb)
-
-    def want(self, spec: ChildSpec | None) -> None:
-        if spec != self._wanted:
-            self._wanted = spec
-            self._kick()
-
-    def close(self) -> None:
-        self.closed = True
-
-    # ---- reconcile ---------------------------------------------------------------------------
-    def _kick(self, delay: float = 0.0) -> None:
-        if not self._scheduled:
-            self._scheduled = True
-            self.machine.later_daemon(delay, self._reconcile)
-
-    def _reconcile(self) -> None:
-        self._scheduled = False
-        if self.closed or self._stopping:
+    def _probe(self, proc: Proc) -> None:
+        self._probing = False
+        if proc is not self.proc or proc.state != "ready":
             return
-        wanted, proc, world = self._wanted, self.host.proc, self.machine.world
-        if isinstance(wanted, _Unset):
-            return
-        if proc is not None and proc.alive:
-            if wanted is None or wanted.identity != proc.spec.identity:
-                world.k3s_stopped_by_daemon(self.machine, proc, wanted)
-                self._stopping = True
-                self._set(ChildState.STOPPING)
-                self.host.stop(proc, self._stopped)
-            return
-        if wanted is None:
-            self._set(ChildState.STOPPED)
-            return
-        if self._retry_at - world.now > 1e-6:
-            self._kick(self._retry_at - world.now)
-            return
-        proc = self.host.start(wanted)
-        self._set(ChildState.STARTING)
-        if wanted.ready_timeout is not None:  # an agent has none: it is never killed for it
-            self.machine.later_daemon(wanted.ready_timeout, self._ready_deadline, proc)
-
-    def _stopped(self) -> None:
-        self._stopping = False
-        if self.closed:
-            return
-        self._set(ChildState.STOPPED)
-        self._kick()
-
-    def _ready_deadline(self, proc: Proc) -> None:
-        if self.closed or proc is not self.host.proc or proc.state != "starting":
-            return
-        self._stopping = True
-        self._set(ChildState.STOPPING)
-
-        def stopped() -> None:
-            self._stopping = False
-            self._exited(proc, quick=True)
-
-        self.host.stop(proc, stopped)
-
-    def _proc_changed(self, proc: Proc) -> None:
-        if self.closed:
-            return
-        if proc.state == "ready":
-            self._set(ChildState.READY, ready=True)
-        elif proc.state == "exited" and not self._stopping:
-            self._exited(proc, quick=self.machine.world.now - proc.started < 60.0)
-
-    def _exited(self, proc: Proc, *, quick: bool) -> None:
-        if quick:
-            self._quick_exits += 1
-        else:
-            self._backoff, self._quick_exits = 1.0, 0
-        self._restarts += 1
-        self._retry_at = self.machine.world.now + self._backoff
-        self._backoff = min(self._backoff * 2, self._backoff_max)
-        self._set(ChildState.BACKOFF)
-        self._kick()
-
-    def _set(self, state: ChildState, *, ready: bool = False) -> None:
-        proc = self.host.proc
-        self._status = ChildStatus(
-            state=state,
-            pid=proc.pid if proc is not None and proc.alive else None,
-            ready=ready,
-            restarts=self._restarts,
-            crash_loop=self._quick_exits >= 3,
-            since=self.machine.world.now,
-        )
-        for cb in list(self._callbacks):
-            cb(self._status)
+        ok = self.reaches_datastore()
+        if ok != proc.healthy:
+            proc.healthy = ok
+            self._changed(proc)
+        link = self.machine.link
+        if link.state == "up" and (link.slow or self.machine.world.db_slow):
+            self._probing = True
+            self.machine.later_k3s(1.0, self._probe, proc)

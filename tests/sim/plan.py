@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from k3snoded.model import RolePreference
 
+LOCK_WAIT = 25.0  # k3s retakes a bootstrap key lock left empty after 5 polls of 5 s
 FAULT_START = 20.0  # seconds of calm to form the fleet (or to be caught forming it)
 KINDS = (
     "crash",
@@ -95,9 +96,11 @@ class Plan:
     def settle_bound(self) -> float:
         """Seconds after the last fault within which ``servers.count`` servers are ready: a
         dead member found (dead_after), a lease passed on (2 TTL), a pre-bootstrap k3s waited
-        out (TTL + stop_timeout), a k3s restart's backoff, its start, and a broken k3s
-        demoted after ready_timeout."""
+        out (TTL + stop_timeout), a k3s restart's backoff, its start, k3s's own wait for the
+        bootstrap lock a dead first server left (5 polls of 5 s), and a broken k3s demoted
+        after ready_timeout."""
         bound = self.dead_after + 3 * self.lease_ttl + self.stop_timeout + self.backoff_max + 15
+        bound += LOCK_WAIT
         if any(f.kind == "k3s_broken" for f in self.faults) or any(
             k != "none" for k in self.k3s_faults
         ):

@@ -10,7 +10,7 @@ and stand-ins for the VIP and discovery. What a fault does to a machine:
 * freeze (SIGSTOP of everything): the machine sends, reads and starts nothing until thawed;
 * daemon kill (SIGKILL of k3snoded only, restarted 5 s later, as systemd does): k3s keeps
   running and is adopted; the kernel closes the connection, so the server rolls back at once;
-* daemon stop and start (systemctl restart): ``FleetRoles.stop`` in the daemon's order;
+* daemon stop and start: ``FleetRoles.stop`` in the daemon's order, then k3s stopped;
 * datastore down (for all, or one machine: refused or blackholed), slow (statements delayed
   past the lease TTL, answers lost, statements that never return), clock steps, partitions;
 * a machine's k3s that never becomes ready or crash-loops; SIGHUP with a changed config.
@@ -45,9 +45,10 @@ from k3snoded.fleet import FleetRoles
 from k3snoded.model import Role, RolePreference
 from k3snoded.process import ChildSpec
 from k3snoded.vip import VipKeeper
-from tests.sim.k3smodel import K3sHost, Proc, SupervisorModel, role_of
+from tests.sim.k3smodel import K3sCluster, K3sHost, Proc, role_of
 from tests.sim.memstore import MemoryDatastore, Server
 from tests.sim.plan import Fault, Plan
+from tests.sim.supmodel import SupervisorModel
 from tests.sim.vloop import VirtualLoop
 
 MACHINE: contextvars.ContextVar[str] = contextvars.ContextVar("machine", default="sim")
@@ -318,6 +319,7 @@ class World:
         self.loop = VirtualLoop()
         self.start = self.loop.now
         self.server = Server(self.loop.time, dialect=plan.dialect)
+        self.k3s = K3sCluster(self)
         self.key = b"sim-cluster-key"
         self.keys: dict[str, bytes] = {}  # machines whose cluster token differs
         self.db_down = ""
@@ -362,18 +364,18 @@ class World:
         return "\n".join(f"{t:9.3f} {who:<4} {text}" for t, who, text in self.lines)
 
     # ---- facts the models ask for --------------------------------------------------------------
-    def any_ready_server(self) -> bool:
-        for m in self.machines:
-            proc = m.host.proc
-            if (
-                m.alive
-                and not m.frozen
-                and proc is not None
-                and proc.role is Role.SERVER
-                and (proc.state == "ready")
-            ):
-                return True
-        return False
+    def apiserver_for(self, agent: SimMachine) -> bool:
+        """Whether an agent's load balancer reaches a server whose /readyz answers."""
+        if agent.partitioned:
+            return False
+        return any(
+            m.alive
+            and not m.frozen
+            and not m.partitioned
+            and m.host.proc is not None
+            and m.host.proc.serving
+            for m in self.machines
+        )
 
     def k3s_stopped_by_daemon(self, m: SimMachine, proc: Proc, wanted: ChildSpec | None) -> None:
         """The supervisor is about to stop a running k3s because the daemon wants otherwise."""
@@ -434,7 +436,7 @@ class World:
         when the coordinator last read the member table."""
         m = next(m for m in self.machines if m.name == name)
         proc = m.host.proc
-        if not m.up or proc is None or proc.state != "ready" or proc.role is not Role.SERVER:
+        if not m.up or proc is None or not proc.serving:
             return False
         if m.cfg.node.role is RolePreference.AGENT or (m.roles is not None and m.roles.leaving):
             return False
@@ -455,8 +457,7 @@ class World:
             for m in self.machines
             if m.up
             and m.host.proc is not None
-            and m.host.proc.state == "ready"
-            and m.host.proc.role is Role.SERVER
+            and m.host.proc.serving
             and (row := self.server.members.get(m.name)) is not None
             and row.assigned is Role.SERVER
         ]
@@ -477,6 +478,7 @@ class World:
             self.loop.call_later(at, m.boot)
         for fault in self.plan.faults:
             self.loop.call_later(fault.at, self._inject, fault)
+        self.k3s.start()
         await asyncio.sleep(self.plan.duration)
 
     def _inject(self, fault: Fault) -> None:
@@ -518,11 +520,13 @@ class World:
                 m.link.slow = slow
             else:
                 self.db_slow = slow
+            self._links_changed()
             await asyncio.sleep(f.duration)
             if m:
                 m.link.slow = None
             else:
                 self.db_slow = None
+            self._links_changed()
         elif f.kind == "clock_step":
             self.server.step += f.arg
         elif f.kind == "k3s_broken" and m:
@@ -563,14 +567,16 @@ class World:
         else:
             m.link.down = how
             m.partitioned = f.kind == "partition"
-        for x in self.machines:
-            x.host.link_changed()
+        self._links_changed()
         await asyncio.sleep(f.duration)
         if m is None:
             self.db_down = ""
         else:
             m.link.down = ""
             m.partitioned = False
+        self._links_changed()
+
+    def _links_changed(self) -> None:
         for x in self.machines:
             x.host.link_changed()
 
