@@ -30,7 +30,10 @@ KINDS = (
 WEIGHTS = (14, 12, 10, 6, 10, 10, 10, 8, 6, 6)
 # Fault kinds added later are drawn from a second stream of the seed, one generation each, so
 # that a seed's plan in an older generation (a regression seed in test_sim.py) stays the same.
-LATER_KINDS = (("die_mid_write", 0.08),)  # generation 2
+LATER_KINDS = (
+    ("die_mid_write", 0.08),  # generation 2
+    ("systemd_restart", 0.15),  # generation 3
+)
 GENERATION = 1 + len(LATER_KINDS)
 
 
@@ -43,6 +46,11 @@ class Fault:
     arg: float = 0.0
     how: str = ""
 
+    @property
+    def gap(self) -> float:
+        """Seconds a daemon is away after the fault's instant (restarted after that)."""
+        return {"daemon_kill": 5.0, "systemd_restart": self.arg}.get(self.kind, 0.0)
+
     def describe(self) -> str:
         what = {
             "crash": f"machine crash, back after {self.duration:.1f} s"
@@ -50,7 +58,9 @@ class Fault:
             else "machine crash, never back",
             "freeze": f"machine frozen (SIGSTOP) for {self.duration:.1f} s",
             "daemon_kill": "k3snoded SIGKILLed, restarted 5 s later",
-            "daemon_restart": "k3snoded stopped and started again (systemctl restart)",
+            "daemon_restart": "k3snoded stopped (k3s too) and started again",
+            "systemd_restart": "k3snoded restarted by systemd, k3s left running for the next "
+            f"daemon to adopt {self.arg:.1f} s later",
             "db_down": f"datastore {self.how} for {self.duration:.1f} s",
             "partition": f"partitioned from the datastore and peers for {self.duration:.1f} s",
             "db_slow": f"datastore slow (up to {self.arg:.1f} s a statement, some answers "
@@ -84,12 +94,7 @@ class Plan:
 
     @property
     def faults_end(self) -> float:
-        ends = [
-            f.at
-            if math.isinf(f.duration)
-            else f.at + f.duration + (5.0 * (f.kind == "daemon_kill"))
-            for f in self.faults
-        ]
+        ends = [f.at if math.isinf(f.duration) else f.at + f.duration + f.gap for f in self.faults]
         return max([FAULT_START, *ends])
 
     @property
@@ -207,6 +212,8 @@ def _fault(rng: random.Random, kind: str, at: float, n: int) -> Fault:
         return Fault(at, kind, one, how=rng.choice(("never_ready", "crash_loop")))
     if kind == "die_mid_write":
         return Fault(at, kind, one, rng.uniform(20.0, 60.0))
+    if kind == "systemd_restart":
+        return Fault(at, kind, one, arg=rng.uniform(0.5, 3.0))
     how = rng.choice(("count", "labels"))
     arg = float(rng.randint(1, 3)) if how == "count" else float(rng.randint(1, 99))
     return Fault(at, "sighup", None, arg=arg, how=how)

@@ -156,6 +156,8 @@ def test_faults_are_drawn_from_the_seed() -> None:
         "clock_step",
         "k3s_broken",
         "sighup",
+        "die_mid_write",
+        "systemd_restart",
     }
     assert isinstance(make_plan(1).faults[0], Fault)
 

@@ -11,6 +11,8 @@ and stand-ins for the VIP and discovery. What a fault does to a machine:
 * daemon kill (SIGKILL of k3snoded only, restarted 5 s later, as systemd does): k3s keeps
   running and is adopted; the kernel closes the connection, so the server rolls back at once;
 * daemon stop and start: ``FleetRoles.stop`` in the daemon's order, then k3s stopped;
+* daemon restarted by systemd (``systemctl restart``, decision 0005): the role loop ends
+  releasing nothing, k3s keeps running, and the next daemon adopts it;
 * datastore down (for all, or one machine: refused or blackholed), slow (statements delayed
   past the lease TTL, answers lost, statements that never return), clock steps, partitions;
 * a machine's k3s that never becomes ready or crash-loops; SIGHUP with a changed config.
@@ -505,6 +507,11 @@ class World:
         elif f.kind == "daemon_kill" and m and m.up:
             m.kill_daemon()
             await asyncio.sleep(5.0)
+            if m.alive and m.roles is None:
+                m.boot_daemon()
+        elif f.kind == "systemd_restart" and m and m.up:
+            m.kill_daemon()  # the role loop ends releasing nothing; k3s is left running
+            await asyncio.sleep(f.arg)
             if m.alive and m.roles is None:
                 m.boot_daemon()
         elif f.kind == "daemon_restart" and m and m.up:
