@@ -449,9 +449,10 @@ class FleetRoles(RoleSource):
         )
 
     def _came_up(self) -> bool:
-        """Our k3s server is ready: it has the cluster's CA, so the cluster is bootstrapped,
-        whatever became of the lease meanwhile (a slow datastore may have let it lapse)."""
-        return self.wanted.role is Role.SERVER and self.supervisor.status.ready
+        """Our k3s server has been ready (READY: confirmed once; ``ready`` itself follows
+        /readyz, which fails while the datastore is slow): it has the cluster's CA, so the
+        cluster is bootstrapped, whatever became of the lease meanwhile."""
+        return self.wanted.role is Role.SERVER and self.supervisor.status.state is ChildState.READY
 
     async def _note_bootstrapped(self) -> None:
         await self.ds.set_flag(BOOTSTRAPPED_FLAG, self.me)
@@ -502,7 +503,7 @@ class FleetRoles(RoleSource):
         if _now() < self._boot_until:
             self._arm_fence()
             return
-        if self.supervisor.status.ready:
+        if self.supervisor.status.state is ChildState.READY:
             return  # it came up: the cluster is bootstrapped; the loop records it
         self._boot_until = None
         if self.wanted.role is Role.SERVER:
