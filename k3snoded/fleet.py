@@ -20,6 +20,7 @@ import hmac
 import logging
 from typing import Any, Protocol
 
+from k3snoded import capin
 from k3snoded.config import Config, CoordinationConfig
 from k3snoded.datastore import (
     BOOTSTRAP_LEASE,
@@ -68,7 +69,7 @@ class FleetRoles(RoleSource):
         peers: PeerView,
         datastore: Datastore | None = None,
     ) -> None:
-        super().__init__(cfg, supervisor)
+        super().__init__(cfg, supervisor, key=peers.key)
         self.ds = datastore or open_datastore(cfg.datastore, cfg.coordination)
         self.vip = vip
         self.peers = peers
@@ -99,11 +100,13 @@ class FleetRoles(RoleSource):
         self._boot_failed = False
         self._fence_timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[Any] | None = None  # the loop, ended first by stop()
+        self._ca_published = False  # our ready k3s's CA hash compared with the fleet's
         supervisor.on_change(self._child_changed)
 
     def _child_changed(self, status: ChildStatus) -> None:
         """k3s became ready (or stopped being): act now, not at the next cycle."""
         self.vip.health(status.ready)
+        self._ca_published = self._ca_published and status.ready
         bootstrapping = self.bootstrapped_by is None and self._boot_until is not None
         if bootstrapping and self.wanted.role is Role.SERVER and status.state is ChildState.BACKOFF:
             self._boot_failed = True  # exited, or not ready within k3s.ready_timeout
@@ -123,6 +126,7 @@ class FleetRoles(RoleSource):
     # ---- the loop ------------------------------------------------------------------------
     async def run(self) -> None:
         self._task = asyncio.current_task()
+        await self.load_pin()
         await self.vip.remove_stale()
         before = await asyncio.to_thread(remembered_role, self.cfg)
         if before is not None and before.role is Role.AGENT and before.registration:
@@ -347,6 +351,8 @@ class FleetRoles(RoleSource):
             await self.apply(Wanted(Role.NONE, "", "waiting for the coordinator to assign a role"))
             return
         if mine is Role.AGENT:
+            if self.pin.source in ("", "state"):  # the flags hold it once a server was ready
+                capin.learn_flags(self.pins, await self.ds.flags())
             registration = self._agent_registration()
             if not registration:
                 await self.apply(
@@ -362,12 +368,21 @@ class FleetRoles(RoleSource):
     async def _reconcile_server(self, registration: str) -> None:
         if self.bootstrapped_by is None:
             flags = await self.ds.flags()
+            capin.learn_flags(self.pins, flags)
             self.bootstrapped_by = flags.get(BOOTSTRAPPED_FLAG)
         if self.bootstrapped_by is not None:
             self._boot_until = None
             await self.apply(Wanted(Role.SERVER, registration, "the coordinator assigned server"))
+            await self._publish_ca()
             return
         await self._bootstrap(registration)
+
+    async def _publish_ca(self) -> None:
+        """Once per readiness of our k3s server: its CA hash becomes the fleet's if none is,
+        and is compared with it (capin.publish)."""
+        ready = self.wanted.role is Role.SERVER and self.supervisor.status.ready
+        if ready and not self._ca_published:
+            self._ca_published = await capin.publish(self.pins, self.ds, self.cfg)
 
     async def _bootstrap(self, registration: str) -> None:
         """The first server starts alone (D2), and the bootstrap lease fences it: its holder
@@ -420,6 +435,8 @@ class FleetRoles(RoleSource):
                 Wanted(Role.NONE, "", f"waiting out {prior}'s attempt to bootstrap the cluster")
             )
             return
+        if self.wanted.role is not Role.SERVER:  # before k3s makes its node password
+            await capin.claim_agent_token(self.pins, self.ds)
         await self.apply(
             Wanted(Role.SERVER, registration, "bootstrapping the cluster (first server)")
         )
@@ -555,6 +572,7 @@ class FleetRoles(RoleSource):
             "peers": peers,
             "coordinator": self.me if self.is_coordinator else self.coordinator,
             "bootstrapped_by": self.bootstrapped_by,
+            "ca_pin": self.pins.status(),
             "leaving": "left" if self.left else ("handing over" if self.leaving else None),
             "counters": {**self.counters, "statements": self.ds.statements},
         }

@@ -18,6 +18,7 @@ the first ``want`` a child left by a previous daemon is kept.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -106,10 +107,18 @@ class K3sHost:
         if proc.role is Role.SERVER and world.server.cluster_ca is None:
             world.server.cluster_ca = self.machine.name
             world.trace(self.machine.name, "k3s wrote the cluster CA (bootstrap done)")
+        if proc.role is Role.SERVER:  # k3s writes server/token with its CA hash (capin.py)
+            self._write_server_token(world.server.cluster_ca or self.machine.name)
         proc.first_start = False
         world.trace(self.machine.name, f"k3s {proc.role.value} ready (pid {proc.pid})")
         self._changed(proc)
         self.link_changed()
+
+    def _write_server_token(self, ca: str) -> None:
+        server = self.machine.cfg.k3s.data_dir / "server"
+        server.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256(ca.encode()).hexdigest()
+        (server / "token").write_text(f"K10{digest}::server:sim\n")
 
     def _exit(self, proc: Proc, status: int) -> None:
         if proc is not self.proc or not proc.alive:
