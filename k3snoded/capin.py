@@ -59,11 +59,6 @@ class Pin:
     source: str = ""  # "token file", "datastore", "k3s", "peers", "state"
     agent_token: bool = False
 
-    @property
-    def announced(self) -> bool:
-        """Worth announcing to peers: learned first-hand, not repeated from announcements."""
-        return bool(self.ca_hash) and self.source not in ("peers", "state")
-
 
 def agent_password(key: bytes) -> str:
     """The agent token k3snoded gives the servers of fleets it bootstrapped: 32 hex, an HMAC of
@@ -219,6 +214,8 @@ class CaPin:
         self.configured = ""  # the operator's: a secure token in the token file
         self.learned: Pin = Pin()  # from the datastore, our k3s, or peers
         self.remembered = ""  # from the join token a previous run wrote
+        self.own = ""  # our own k3s server's
+        self.vetoed = False  # the datastore's hash contradicts what servers announce, signed
         self.agent_token = cfg.cluster.agent_token_file is not None
         self.alarms: dict[str, str] = {}  # source -> sentence (status); logged once each
         self._logged: set[str] = set()
@@ -231,6 +228,8 @@ class CaPin:
     def pin(self) -> Pin:
         if self.configured:
             return Pin(self.configured, "token file", self.agent_token)
+        if self.vetoed:
+            return Pin(agent_token=self.agent_token)
         if self.learned.ca_hash:
             return replace(self.learned, agent_token=self.agent_token)
         if self.remembered:
@@ -242,6 +241,8 @@ class CaPin:
         alarm when it differs from the token file's pin or, for our own k3s, the fleet's."""
         if not is_ca_hash(ca_hash):
             return
+        if source == "k3s":
+            self.own = ca_hash
         if self.configured and ca_hash != self.configured:
             self.alarm(
                 source,
@@ -261,6 +262,31 @@ class CaPin:
             return
         if _RANK[source] >= _RANK.get(held.source, 0):
             self.learned = Pin(ca_hash, source)
+
+    @property
+    def announced_hash(self) -> str:
+        """What this machine tells its peers (signed): its own k3s's CA hash, first-hand, else
+        the fleet's from the datastore; never what it heard from peers."""
+        if self.own:
+            return self.own
+        return self.learned.ca_hash if self.learned.source == "datastore" else ""
+
+    def check_peers(self, announced: list[tuple[str, bool, bool]]) -> None:
+        """A fleet member: the datastore's hash must be the one the servers announce, signed
+        (someone holding only the datastore credentials can rewrite the flag, not sign)."""
+        heard, _ = vote(announced)
+        held = self.learned
+        if heard is None or held.source != "datastore" or heard.ca_hash == held.ca_hash:
+            self.vetoed = False
+            self.clear("datastore")
+            return
+        self.vetoed = True
+        self.alarm(
+            "datastore",
+            f"the datastore's {CA_HASH_FLAG} flag says {held.ca_hash}, but the servers announce "
+            f"{heard.ca_hash} (signed): no agent joins until they agree (the flag may have been "
+            "rewritten by someone with the datastore credentials)",
+        )
 
     def set_agent_token(self, used: bool) -> None:
         if self.cfg.cluster.agent_token_file is None:

@@ -98,7 +98,7 @@ class Daemon:
         return out
 
     def _local_peer(self) -> Peer:
-        w, pin = self.roles.wanted, self.roles.pin
+        w = self.roles.wanted
         return Peer(
             name=self.cfg.node.name,
             cluster=self.cfg.cluster.name,
@@ -106,8 +106,8 @@ class Daemon:
             api_port=self.cfg.api.port,
             role=w.role,
             registration=w.registration or self.cfg.registration.address or None,
-            ca_hash=pin.ca_hash if pin.announced else None,  # what it learned first-hand
-            agent_token=pin.agent_token,
+            ca_hash=self.roles.pins.announced_hash or None,  # first-hand, never hearsay
+            agent_token=self.roles.pin.agent_token,
         )
 
     def _healthy(self) -> bool:

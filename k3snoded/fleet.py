@@ -53,6 +53,8 @@ class PeerView(Protocol):
 
     def registration(self) -> str | None: ...
 
+    def announced_pins(self) -> list[tuple[str, bool, bool]]: ...
+
 
 def _now() -> float:
     """The loop's clock: ``time.monotonic()`` in the daemon, virtual time in the simulator."""
@@ -353,6 +355,7 @@ class FleetRoles(RoleSource):
         if mine is Role.AGENT:
             if self.pin.source in ("", "state"):  # the flags hold it once a server was ready
                 capin.learn_flags(self.pins, await self.ds.flags())
+            self.pins.check_peers(self.peers.announced_pins())
             registration = self._agent_registration()
             if not registration:
                 await self.apply(

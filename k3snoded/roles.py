@@ -26,6 +26,7 @@ from k3snoded.model import Role, RolePreference
 from k3snoded.peers import PeerBook
 from k3snoded.process import ChildSpec, ChildStatus
 from k3snoded.supervisor import Supervisor
+from k3snoded.tokens import TokenError
 from k3snoded.vip import VipKeeper
 
 log = logging.getLogger("k3snoded.roles")
@@ -116,7 +117,7 @@ class RoleSource(abc.ABC):
         if wanted.role is Role.AGENT:
             try:
                 await asyncio.to_thread(capin.write_join_token, self.cfg, pin, self.key)
-            except OSError as err:  # retried at the next apply (the target is unchanged)
+            except (OSError, TokenError) as err:  # retried at the next apply
                 if str(err) != self._write_failed:
                     log.error("cannot write the agent's token file for k3s: %s", err)
                     self._write_failed = str(err)

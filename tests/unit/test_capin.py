@@ -184,3 +184,28 @@ async def test_the_fleet_flags_insert_once_and_never_overwrite(
     assert agent.pin == Pin(A, "datastore", True)
     # Not yet readable (k3s has not written its files): nothing published, try again later.
     assert not await capin.publish(CaPin(_cfg(tmp_path / "3")), ds, _cfg(tmp_path / "3"))
+
+
+def test_a_rewritten_datastore_flag_is_vetoed_by_what_servers_sign(tmp_path: Path) -> None:
+    """Datastore credentials can rewrite the ca_hash flag, not sign announcements: a fleet
+    member joins only when the flag and the servers' signed word agree."""
+    pins = CaPin(_cfg(tmp_path))
+    pins.learn(B, "datastore")  # the flag, rewritten
+    pins.check_peers([(A, True, True), (A, True, True)])
+    assert pins.pin.ca_hash == "" and pins.vetoed
+    assert any("servers announce" in a for a in pins.status()["alarms"])
+    pins.check_peers([])  # nobody announces (no discovery): the flag is all there is
+    assert pins.pin.ca_hash == B
+    pins.learned = Pin(A, "datastore")
+    pins.check_peers([(A, True, True)])
+    assert pins.pin.ca_hash == A and not pins.status()["alarms"]
+
+
+def test_a_machine_announces_only_what_it_knows_first_hand(tmp_path: Path) -> None:
+    pins = CaPin(_cfg(tmp_path))
+    pins.learn(A, "peers")
+    assert pins.announced_hash == ""  # never hearsay
+    pins.learn(A, "datastore")
+    assert pins.announced_hash == A
+    pins.learn(B, "k3s")  # a server announces the CA it serves, even against the fleet's
+    assert pins.announced_hash == B and pins.pin.ca_hash == A
