@@ -209,3 +209,13 @@ def test_a_machine_announces_only_what_it_knows_first_hand(tmp_path: Path) -> No
     assert pins.announced_hash == A
     pins.learn(B, "k3s")  # a server announces the CA it serves, even against the fleet's
     assert pins.announced_hash == B and pins.pin.ca_hash == A
+
+
+def test_alarms_are_a_metric(tmp_path: Path) -> None:
+    from k3snoded.metrics import render_metrics
+
+    pins = CaPin(_cfg(tmp_path))
+    assert "k3snoded_ca_pin_alarms 0.0" in render_metrics({"ca_pin": pins.status()})
+    pins.learn(A, "datastore")
+    pins.learn(B, "k3s")
+    assert "k3snoded_ca_pin_alarms 1.0" in render_metrics({"ca_pin": pins.status()})
