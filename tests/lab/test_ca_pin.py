@@ -44,7 +44,10 @@ def test_a_fresh_agent_sends_no_token_to_a_stranger_at_the_vip(lab_factory: LabF
     agent = next(n for n in fleet.nodes if n.agent_only)
 
     attack = Attack(attacker, "tls-server", "--vip", VIP, "--duration", "40")
-    time.sleep(2)  # the attacker holds the VIP for the agent's ARP cache
+    deadline = time.monotonic() + 20
+    while not attack.events("serving") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1)  # its gratuitous ARP (twice a second) reaches the agent machine
     agent.stop()
     # A new or rebuilt agent machine: k3s's agent state (its CA, its load balancer's servers)
     # is gone, so the registration address is all it knows.
