@@ -46,6 +46,7 @@ log = logging.getLogger("k3snoded.capin")
 CA_HASH_FLAG = "ca_hash"  # the datastore flag: the cluster CA hash, inserted once
 AGENT_TOKEN_FLAG = "agent_token"  # noqa: S105 - present: the servers take the agent token
 AGENT_TOKEN_DERIVED = "derived-v1"  # noqa: S105 - that flag's value
+AGENT_TOKEN_NONE = "none"  # noqa: S105 - a cluster taken over keeps its node password
 JOIN_TOKEN = "join-token"  # noqa: S105 - <state_dir>/join-token.<16 hex of the hash>: an agent's
 AGENT_TOKEN = "agent-token"  # noqa: S105 - <state_dir>/agent-token: a server's
 
@@ -327,10 +328,14 @@ def learn_flags(pins: CaPin, flags: Mapping[str, str]) -> None:
     pins.learn(flags.get(CA_HASH_FLAG, ""), "datastore")
 
 
-async def claim_agent_token(pins: CaPin, ds: FlagStore) -> None:
-    """The first server is about to start: its k3s creates the node password from the agent
-    token, so the fleet uses it from now on (insert-if-absent: a flag already there stays)."""
-    stored = await ds.claim_flag(AGENT_TOKEN_FLAG, AGENT_TOKEN_DERIVED)
+async def claim_agent_token(pins: CaPin, ds: FlagStore, cfg: Config, key: bytes) -> None:
+    """The first server is about to start: on a new cluster its k3s creates the node password
+    from the agent token, so the fleet uses it from now on; a cluster taken over from a plain
+    k3s install (this machine's k3s already has a ``cred/passwd`` with another node password)
+    keeps its own. Insert-if-absent: a flag already there stays."""
+    used = await asyncio.to_thread(server_takes_agent_token, cfg, key)
+    value = AGENT_TOKEN_DERIVED if used else AGENT_TOKEN_NONE
+    stored = await ds.claim_flag(AGENT_TOKEN_FLAG, value)
     pins.set_agent_token(stored == AGENT_TOKEN_DERIVED)
 
 

@@ -439,7 +439,7 @@ class FleetRoles(RoleSource):
             )
             return
         if self.wanted.role is not Role.SERVER:  # before k3s makes its node password
-            await capin.claim_agent_token(self.pins, self.ds)
+            await capin.claim_agent_token(self.pins, self.ds, self.cfg, self.key)
         await self.apply(
             Wanted(Role.SERVER, registration, "bootstrapping the cluster (first server)")
         )

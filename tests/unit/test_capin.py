@@ -165,7 +165,7 @@ async def test_the_fleet_flags_insert_once_and_never_overwrite(
     for cfg, ca in ((first, A), (second, B)):
         _server_file(cfg, "token", f"K10{ca}::server:pw\n".encode())
     pins = CaPin(first)
-    await capin.claim_agent_token(pins, ds)
+    await capin.claim_agent_token(pins, ds, first, KEY)  # a new cluster: the agent token
     assert pins.pin.agent_token
     assert await capin.publish(pins, ds, first)
     assert pins.pin == Pin(A, "datastore", True)
@@ -182,6 +182,11 @@ async def test_the_fleet_flags_insert_once_and_never_overwrite(
     agent = CaPin(replace(first, node=replace(first.node, name="n3")))
     capin.learn_flags(agent, await ds.flags())
     assert agent.pin == Pin(A, "datastore", True)
+    # Another machine that would have kept its own node password finds the flag taken.
+    _server_file(second, "cred/passwd", b"spw,server,server,k3s:server\nspw,node,node,k3s:agent\n")
+    await capin.claim_agent_token(other, ds, second, KEY)
+    assert other.pin.agent_token
+
     # Not yet readable (k3s has not written its files): nothing published, try again later.
     assert not await capin.publish(CaPin(_cfg(tmp_path / "3")), ds, _cfg(tmp_path / "3"))
 
@@ -219,3 +224,15 @@ def test_alarms_are_a_metric(tmp_path: Path) -> None:
     pins.learn(A, "datastore")
     pins.learn(B, "k3s")
     assert "k3snoded_ca_pin_alarms 1.0" in render_metrics({"ca_pin": pins.status()})
+
+
+async def test_a_cluster_taken_over_keeps_its_node_password(tmp_path: Path, ds: Datastore) -> None:
+    """The first k3snoded server of a cluster a plain k3s install created: its k3s already has
+    a node password, which k3s keeps in its datastore; changing it would make k3s refuse to
+    start ("passwd newer than datastore"). So the fleet records that it has no agent token."""
+    cfg = _cfg(tmp_path)
+    _server_file(cfg, "cred/passwd", b"spw,server,server,k3s:server\nspw,node,node,k3s:agent\n")
+    pins = CaPin(cfg)
+    await capin.claim_agent_token(pins, ds, cfg, KEY)
+    assert not pins.pin.agent_token
+    assert (await ds.flags())[capin.AGENT_TOKEN_FLAG] == capin.AGENT_TOKEN_NONE
