@@ -12,11 +12,14 @@ the daemon with the stand-in k3s everywhere. The lab's client machine is the att
 - **VIP moves**: changes of the set of holders (the attacker's machine included);
 - **peers lost**: the most peers any daemon's status lost during the run (the agent's are its
   signed mDNS peers; servers' are datastore members);
-- **token seen**: requests in which the attacker received the token's password;
+- **token seen**: requests in which the attacker received credentials (a token's password:
+  the cluster token's, or the agent token's agents join with since the CA pin);
 - **RSS MiB**: the largest growth of a daemon's RSS over the run.
 
-Baseline, in the same lab and run: the reproduced hole (priority-254 forgeries, 10/s for 6 s)
-against three speakers in ``registration.vip.authentication: none`` on VRID 52 / .101.
+Baselines, in the same lab and run, the reproduced holes: priority-254 forgeries (10/s for 6 s)
+against three speakers in ``registration.vip.authentication: none`` on VRID 52 / .101; and the
+attacker's TLS server on the VIP while a k3s agent joins with the short token, as k3snoded
+started agents before the CA pin (the stand-in run by hand on the agent machine).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import argparse
 import json
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -39,12 +43,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from k3snoded.tokens import normalize
 from tests.lab import dbs
 from tests.lab.attacker import Attack
-from tests.lab.fleet import TOKEN, VIP, Fleet
+from tests.lab.fleet import FAKE_K3S, TOKEN, VIP, Fleet
 from tests.lab.netns import Lab, Machine
 from tests.lab.test_vrrp_support import Sampler, start_ours, wait_for
 
 PASSWORD = normalize(TOKEN)
 BASELINE_VIP = "198.18.0.101"
+REFUSED = "token CA hash does not match the Cluster CA certificate hash"
 
 
 @dataclass
@@ -116,6 +121,8 @@ def measured(fleet: Fleet, attacker: Machine, name: str, body: Callable[[Run], N
         time.sleep(3)  # effects that arrive late (confirmations, ARP) count too
     run.unheld = sampler.unheld(t0, among=servers)
     run.moves = sampler.moves(t0)
+    if run.moves > 2:
+        run.notes.append(f"holders: {_holders(sampler, t0)}")
     run.peers_lost = max((before_peers[n] - watch.fewest.get(n, before_peers[n]))
                          for n in before_peers if n not in run.restarted)  # fmt: skip
     after = rss_mib(fleet)
@@ -128,6 +135,17 @@ def measured(fleet: Fleet, attacker: Machine, name: str, body: Callable[[Run], N
     if sampler.ever_held_by(attacker.name):
         run.notes.append("the attacker held the VIP")
     return run
+
+
+def _holders(sampler: Sampler, since: float) -> str:
+    """The successive sets of VIP holders, e.g. ``n1 → n1+client → n1``."""
+    with sampler._lock:
+        sets = [held for t, held in sampler.samples if t >= since]
+    out: list[frozenset[str]] = []
+    for held in sets:
+        if not out or out[-1] != held:
+            out.append(held)
+    return " → ".join("+".join(sorted(h)) or "none" for h in out)
 
 
 # ---- the attacks ------------------------------------------------------------------------------
@@ -200,23 +218,34 @@ def attacks(fleet: Fleet, attacker: Machine) -> dict[str, Callable[[Run], None]]
 
         def attack_it(run: Run) -> None:
             attack = Attack(attacker, "tls-server", "--vip", VIP, "--duration", "45")
-            time.sleep(2)
             agent = next(n for n in fleet.nodes if n.agent_only)
+            run.notes.append(_held_for(attack, agent.machine, attacker))
             run.restarted.add(agent.name)
             agent.stop()
+            logged = len(agent.log())
             if fresh:
                 shutil.rmtree(agent.data_dir / "agent", ignore_errors=True)
             agent.start()
-            deadline = time.monotonic() + 40
+            deadline, refused_at = time.monotonic() + 40, None
             while time.monotonic() < deadline and attack.proc.poll() is None:
-                if any(e["secret"] == PASSWORD for e in attack.events("credentials")):
+                if attack.events("credentials"):
                     break
+                if refused_at is None and REFUSED in agent.log()[logged:]:
+                    refused_at = time.monotonic()
+                if refused_at is not None and time.monotonic() - refused_at > 6:
+                    break  # three more of k3s's attempts (every 2 s): enough to see none sent
                 time.sleep(0.5)
             attack.stop()  # it removes the VIP from its interface
-            seen = [e for e in attack.events("credentials") if e["secret"] == PASSWORD]
+            seen = attack.events("credentials")
             run.token_seen = len(seen)
+            kinds = sorted({"cluster token" if e["secret"] == PASSWORD else "other" for e in seen})
             paths = sorted({e["path"] for e in attack.events("request")})
             run.notes.append(f"attacker served {paths or 'nothing'}")
+            if kinds:
+                run.notes.append(f"credentials received: {', '.join(kinds)}")
+            refusals = agent.log()[logged:].count(REFUSED)
+            if refusals:
+                run.notes.append(f"the agent's k3s refused the attacker's CA {refusals} times")
             fleet.wait(fleet.converged, 120, "the agent back with the real servers")
 
         return attack_it
@@ -291,6 +320,20 @@ def _captured_request(fleet: Fleet, server: Machine) -> Path:
     return path
 
 
+def _held_for(attack: Attack, agent: Machine, attacker: Machine) -> str:
+    """Wait (bounded) until the attacker serves on the VIP and the agent machine's ARP entry
+    for the VIP names the attacker: the attack's precondition, stated in the notes."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not attack.events("serving"):
+        time.sleep(0.2)
+    while time.monotonic() < deadline:
+        agent.run(["ping", "-c", "1", "-W", "1", VIP], check=False)
+        if _arp_of(agent, VIP) == attacker.mac:
+            return "the agent machine's ARP entry for the VIP was the attacker's"
+        time.sleep(0.3)
+    return "the attacker did NOT hold the agent machine's ARP entry for the VIP"
+
+
 def _arp_of(machine: Machine, address: str) -> str | None:
     out = machine.run(["ip", "-j", "neigh", "show", address], check=False).stdout
     entries = json.loads(out or "[]")
@@ -320,6 +363,50 @@ def baseline(lab: Lab, attacker: Machine) -> Run:
     return run
 
 
+def baseline_tls(fleet: Fleet, attacker: Machine) -> Run:
+    """A k3s agent given the short token (no CA hash), started on the agent machine beside the
+    fleet's, joins while the attacker answers at the VIP: what every fresh agent did before."""
+    agent = next(n for n in fleet.nodes if n.agent_only)
+    work = fleet.workdir / f"baseline-agent-{time.monotonic_ns()}"
+    work.mkdir()
+    token = work / "token"
+    token.write_text(TOKEN + "\n")
+    token.chmod(0o600)
+    run = Run("baseline: tls-vip-fresh-agent, a k3s agent with the short token")
+    attack = Attack(attacker, "tls-server", "--vip", VIP, "--duration", "30")
+    run.notes.append(_held_for(attack, agent.machine, attacker))
+    argv = [
+        str(FAKE_K3S),
+        "agent",
+        "--server",
+        f"https://{VIP}:6443",
+        "--token-file",
+        str(token),
+        "--data-dir",
+        str(work / "k3s"),
+        "--lb-server-port",
+        "16444",
+        "--node-name",
+        "base",
+    ]
+    env = {"K3S_FAKE_ROOT": str(work / "root")}
+    k3s = agent.machine.spawn(argv, env=env)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and len(attack.events("credentials")) < 3:
+            time.sleep(0.5)
+    finally:
+        agent.machine.kill(k3s, signal.SIGKILL)
+        attack.stop()
+    seen = attack.events("credentials")
+    run.token_seen = len(seen)
+    run.notes.append(
+        f"the cluster token's password in {sum(e['secret'] == PASSWORD for e in seen)}"
+    )
+    fleet.wait(fleet.converged, 120, "the fleet settled after the baseline")
+    return run
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--runs", type=int, default=1)
@@ -345,6 +432,8 @@ def main() -> int:
                 run = measured(fleet, attacker, name, table[name])
                 results.append(run)
                 print(f"{name} run {i + 1}: {run}", flush=True)
+        base_tls = baseline_tls(fleet, attacker)
+        print(f"baseline: {base_tls}", flush=True)
         base = baseline(lab, attacker)
         print(f"baseline: {base}", flush=True)
     print(
@@ -363,8 +452,16 @@ def main() -> int:
             f"| {max(r.rss_mib for r in rs):+.1f} | {'; '.join(rs[-1].notes)} |"
         )
     print(f"| {base.attack} | 1 | {base.unheld:.2f} | {base.moves} | - | - | - | the hole |")
+    print(
+        f"| {base_tls.attack} | 1 | - | - | - | {base_tls.token_seen} | - | the hole: "
+        f"{'; '.join(base_tls.notes)} |"
+    )
+    pinned = [r.token_seen for r in results if r.attack == "tls-vip-fresh-agent"]
+    if pinned:
+        print(f"\ntoken seen by the attacker, pinned / short token: {max(pinned)} / "
+              f"{base_tls.token_seen}")  # fmt: skip
     if args.json:
-        rows = [r.__dict__ for r in [*results, base]]
+        rows = [r.__dict__ for r in [*results, base, base_tls]]
         Path(args.json).write_text(json.dumps(rows, indent=1, default=sorted))
     return 0
 

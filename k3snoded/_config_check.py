@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from k3snoded import _config_k3s
+from k3snoded import _config_capin, _config_k3s
 from k3snoded import _config_rules as rules
 from k3snoded._config_yaml import Sources
 from k3snoded.errors import ConfigProblem
@@ -89,9 +89,11 @@ def _cluster(c: Checker, cfg: Config) -> None:
     reason = rules.check_cluster_name(cfg.cluster.name)
     if reason:
         c.add("cluster.name", reason)
-    reason = check_token_file(cfg.cluster.token_file)
-    if reason:
-        c.add("cluster.token_file", reason)
+    if cfg.cluster.agent_token_file is None:
+        reason = check_token_file(cfg.cluster.token_file)
+        if reason:
+            c.add("cluster.token_file", reason)
+    _config_capin.check(c, cfg, check_token_file)
 
 
 def check_token_file(path: Path) -> str | None:

@@ -17,6 +17,8 @@ from typing import Any
 RESTART: dict[str, str] = {
     "cluster.name": "the fleet's key, peer signatures and token verifier derive from it",
     "cluster.token_file": "the fleet's key derives from the token (and k3s's own token)",
+    "cluster.agent_token_file": "whether the machine holds the cluster token decides what "
+    "runs (discovery, the peer API's key); its content is read when k3s next starts",
     "node.name": "it is this machine's name in the fleet and in Kubernetes",
     "node.address": "discovery and the peer API are bound to it",
     "node.interface": "discovery is bound to it",

@@ -54,6 +54,9 @@ K3S_PORT = 6443
 class ClusterConfig:
     name: str = "default"
     token_file: Path = Path("/etc/k3snoded/token")
+    # An agent-only machine that holds only the agent token (a server's
+    # <data-dir>/server/agent-token): it never reads token_file (docs/security.md).
+    agent_token_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -227,7 +230,20 @@ def _fill_defaults(cfg: Config, sources: Sources, host: HostFacts | None) -> Con
     servers = cfg.servers
     if not _is_set(sources, "servers.count") and cfg.datastore.is_sqlite:
         servers = replace(servers, count=1)
-    return replace(cfg, node=node, servers=servers, registration=replace(reg, vip=vip))
+    discovery = cfg.discovery
+    if cfg.cluster.agent_token_file is not None:
+        # Without the cluster token nothing a peer signs can be verified (docs/security.md),
+        # and the machine is never a server: no discovery and no VIP, whatever the fleet's
+        # common config says.
+        vip = replace(vip, enabled=False)
+        discovery = replace(discovery, mdns=False, seeds=())
+    return replace(
+        cfg,
+        node=node,
+        servers=servers,
+        registration=replace(reg, vip=vip),
+        discovery=discovery,
+    )
 
 
 def _in_reading_order(problems: list[ConfigProblem], sources: Sources) -> list[ConfigProblem]:

@@ -12,7 +12,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from k3snoded import __version__, handover, k3s
+from k3snoded import __version__, capin, handover, k3s
 from k3snoded.api import ApiServer
 from k3snoded.config import Config, changed_keys, load_config, needs_restart
 from k3snoded.coredump import forbid_core_dumps
@@ -106,6 +106,8 @@ class Daemon:
             api_port=self.cfg.api.port,
             role=w.role,
             registration=w.registration or self.cfg.registration.address or None,
+            ca_hash=self.roles.pins.announced_hash or None,  # first-hand, never hearsay
+            agent_token=self.roles.pin.agent_token,
         )
 
     def _healthy(self) -> bool:
@@ -193,9 +195,14 @@ class Daemon:
         await self.roles.run()
 
     def _prepare_files(self) -> None:
-        """The 0600 token copy k3s reads, and the node password when the machine has none."""
+        """The 0600 token copy and agent token k3s servers read, and the node password when
+        the machine has none. A machine with only the agent token has none of them: k3s makes
+        its node password itself (docs/security.md)."""
+        if self.cfg.cluster.agent_token_file is not None:
+            return
         k3s.install_token_file(self.cfg)
         key = derive_key(read_token(self.cfg.cluster.token_file), self.cfg.cluster.name)
+        capin.write_agent_token(self.cfg, key)
         if k3s.ensure_node_password(self.cfg, key):
             log.info("wrote k3s's node password file %s", self.cfg.k3s.node_password_file)
 
@@ -255,6 +262,8 @@ class Daemon:
 
     def _token_changed(self, new: Config) -> bool:
         """Whether the token file now holds another token than the one the daemon runs with."""
+        if new.cluster.agent_token_file is not None:
+            return False  # read again when k3s next starts (docs/configuration.md)
         try:
             key = derive_key(read_token(new.cluster.token_file), new.cluster.name)
         except (OSError, K3snodedError):

@@ -32,6 +32,12 @@ def describe_config(cfg: Config) -> str:
     lines = [
         f"{cfg.source}: configuration is valid",
         f"  cluster       {cfg.cluster.name}",
+        "  token         "
+        + (
+            f"the agent token only ({cfg.cluster.agent_token_file})"
+            if cfg.cluster.agent_token_file is not None
+            else f"the cluster token ({cfg.cluster.token_file})"
+        ),
         f"  node          {cfg.node.name} ({cfg.node.address or 'address not detected'}"
         f" on {cfg.node.interface or '?'}), role {cfg.node.role.value}",
         f"  this machine  {describe_role(cfg)}",
@@ -61,6 +67,13 @@ def describe_status(s: dict[str, Any]) -> str:
         + (f"  state {vip['state']}" if vip.get("state") else ""),
         f"decision  {s.get('decision', '')}",
     ]
+    pin = s.get("ca_pin") or {}
+    if pin:
+        found = pin.get("ca_hash")
+        where = f"{found[:16]}… from {pin.get('source')}" if found else "not known yet"
+        token = "agent token" if pin.get("agent_token") else "cluster token's password"
+        lines.append(f"ca pin    {where}; agents join with the {token}")
+        lines += [f"ALARM     {alarm}" for alarm in pin.get("alarms") or []]
     if s.get("coordinator"):
         lines.append(f"coordinator {s['coordinator']}")
     peers = s.get("peers") or []

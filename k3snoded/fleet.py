@@ -21,6 +21,7 @@ import logging
 from pathlib import Path
 from typing import Any, Protocol
 
+from k3snoded import capin
 from k3snoded.atomic import read_json_state, write_json_state
 from k3snoded.config import Config, CoordinationConfig
 from k3snoded.datastore import (
@@ -54,6 +55,8 @@ class PeerView(Protocol):
 
     def registration(self) -> str | None: ...
 
+    def announced_pins(self) -> list[tuple[str, bool, bool]]: ...
+
 
 def _now() -> float:
     """The loop's clock: ``time.monotonic()`` in the daemon, virtual time in the simulator."""
@@ -70,7 +73,7 @@ class FleetRoles(RoleSource):
         peers: PeerView,
         datastore: Datastore | None = None,
     ) -> None:
-        super().__init__(cfg, supervisor)
+        super().__init__(cfg, supervisor, key=peers.key)
         self.ds = datastore or open_datastore(cfg.datastore, cfg.coordination)
         self.vip = vip
         self.peers = peers
@@ -103,11 +106,13 @@ class FleetRoles(RoleSource):
         self._fence_timer: asyncio.TimerHandle | None = None
         self._bootstrap_noted = False
         self._task: asyncio.Task[Any] | None = None  # the loop, ended first by stop()
+        self._ca_published = False  # our ready k3s's CA hash compared with the fleet's
         supervisor.on_change(self._child_changed)
 
     def _child_changed(self, status: ChildStatus) -> None:
         """k3s became ready (or stopped being): act now, not at the next cycle."""
         self.vip.health(status.ready)
+        self._ca_published = self._ca_published and status.ready
         bootstrapping = self.bootstrapped_by is None and self._boot_until is not None
         if bootstrapping and self.wanted.role is Role.SERVER and status.state is ChildState.BACKOFF:
             self._boot_failed = True  # exited, or not ready within k3s.ready_timeout
@@ -127,6 +132,7 @@ class FleetRoles(RoleSource):
     # ---- the loop ------------------------------------------------------------------------
     async def run(self) -> None:
         self._task = asyncio.current_task()
+        await self.load_pin()
         await self.vip.remove_stale()
         before = await asyncio.to_thread(remembered_role, self.cfg)
         if before is not None and before.role is Role.AGENT and before.registration:
@@ -358,6 +364,9 @@ class FleetRoles(RoleSource):
             await self.apply(Wanted(Role.NONE, "", "waiting for the coordinator to assign a role"))
             return
         if mine is Role.AGENT:
+            if self.pin.source in ("", "state"):  # the flags hold it once a server was ready
+                capin.learn_flags(self.pins, await self.ds.flags())
+            self.pins.check_peers(self.peers.announced_pins())
             registration = self._agent_registration()
             if not registration:
                 await self.apply(
@@ -373,11 +382,13 @@ class FleetRoles(RoleSource):
     async def _reconcile_server(self, registration: str) -> None:
         if self.bootstrapped_by is None:
             flags = await self.ds.flags()
+            capin.learn_flags(self.pins, flags)
             self.bootstrapped_by = flags.get(BOOTSTRAPPED_FLAG)
         if self.bootstrapped_by is not None:
             self._boot_until, self._boot_taken = None, False
             await self._remember_bootstrap()
             await self.apply(Wanted(Role.SERVER, registration, "the coordinator assigned server"))
+            await self._publish_ca()
             return
         await self._bootstrap(registration)
 
@@ -391,6 +402,13 @@ class FleetRoles(RoleSource):
             self._bootstrap_noted = True
             path, by = self._bootstrap_file(), self.bootstrapped_by
             await asyncio.to_thread(write_json_state, path, {"bootstrapped_by": by})
+
+    async def _publish_ca(self) -> None:
+        """Once per readiness of our k3s server: its CA hash becomes the fleet's if none is,
+        and is compared with it (capin.publish)."""
+        ready = self.wanted.role is Role.SERVER and self.supervisor.status.ready
+        if ready and not self._ca_published:
+            self._ca_published = await capin.publish(self.pins, self.ds, self.cfg)
 
     async def _bootstrap(self, registration: str) -> None:
         """The first server starts alone (D2), and the bootstrap lease fences it: its holder
@@ -444,6 +462,8 @@ class FleetRoles(RoleSource):
                 Wanted(Role.NONE, "", f"waiting out {prior}'s attempt to bootstrap the cluster")
             )
             return
+        if self.wanted.role is not Role.SERVER:  # before k3s makes its node password
+            await capin.claim_agent_token(self.pins, self.ds, self.cfg, self.key)
         await self.apply(
             Wanted(Role.SERVER, registration, "bootstrapping the cluster (first server)")
         )
@@ -610,6 +630,7 @@ class FleetRoles(RoleSource):
             "peers": peers,
             "coordinator": self.me if self.is_coordinator else self.coordinator,
             "bootstrapped_by": self.bootstrapped_by,
+            "ca_pin": self.pins.status(),
             "leaving": "left" if self.left else ("handing over" if self.leaving else None),
             "counters": {**self.counters, "statements": self.ds.statements},
         }

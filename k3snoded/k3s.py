@@ -6,7 +6,10 @@ token. Process mechanics live in ``supervisor.py``.
 Secrets stay off the command line, which every user can read through ``ps`` and
 ``/proc/<pid>/cmdline``:
 
-* the cluster token goes through ``--token-file``, a 0600 copy in ``node.state_dir``;
+* the cluster token goes through ``--token-file``, a 0600 copy in ``node.state_dir``, for a
+  server; an agent's ``--token-file`` is a secure token pinning the cluster CA
+  (``K10<ca-hash>::node:<password>``, ``capin.py``), and a server of a fleet bootstrapped
+  with an agent token gets it through ``--agent-token-file``;
 * the datastore endpoint (it carries the database password) goes through the child's
   ``K3S_DATASTORE_ENDPOINT`` environment variable, as the k3s docs recommend;
   ``/proc/<pid>/environ`` is readable by the process owner only. It is the one ``K3S_*``
@@ -24,7 +27,9 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from k3snoded import capin
 from k3snoded.atomic import write_atomic
+from k3snoded.capin import Pin
 from k3snoded.config import K3S_PORT, Config
 from k3snoded.errors import ConfigError, ConfigProblem
 from k3snoded.model import Role
@@ -107,12 +112,16 @@ def _labels_and_taints(cfg: Config) -> list[str]:
     return _pairs("--node-label", cfg.node.labels) + _pairs("--node-taint", cfg.node.taints)
 
 
-def server_argv(cfg: Config, *, token_file: Path, registration: str) -> list[str]:
+def server_argv(
+    cfg: Config, *, token_file: Path, registration: str, agent_token_file: Path | None = None
+) -> list[str]:
     """``k3s server`` with every flag as its own argv element (never ``'--flag value'``).
 
     The datastore endpoint is deliberately absent: see ``server_env``.
     """
     argv = [str(cfg.k3s.binary), "server", *_node_args(cfg), "--token-file", str(token_file)]
+    if agent_token_file is not None:
+        argv += ["--agent-token-file", str(agent_token_file)]
     ds = cfg.datastore
     for flag, path in (
         ("--datastore-cafile", ds.ca_file),
@@ -202,6 +211,7 @@ def child_spec(
     *,
     token_file: Path | None = None,
     base_env: Mapping[str, str] | None = None,
+    pin: Pin | None = None,
 ) -> ChildSpec:
     """The k3s process for ``role``.
 
@@ -211,11 +221,20 @@ def child_spec(
     READY=1 alone: k3s sends it once the apiserver's ``/readyz`` answers through the agent's
     load balancer, which can take the whole of a datastore outage, so an agent is never
     stopped for not being ready (k3s gives up by itself after 15 minutes and exits).
+
+    ``pin``: for a server, whether it takes the agent token; for an agent, the cluster CA hash
+    its token file pins (required: an agent is never started without one).
     """
-    token_file = token_file or token_path(cfg)
+    pin = pin or Pin()
     base = os.environ if base_env is None else base_env
     if role is Role.SERVER:
-        argv = server_argv(cfg, token_file=token_file, registration=registration)
+        agent_token = capin.agent_token_path(cfg) if pin.agent_token else None
+        argv = server_argv(
+            cfg,
+            token_file=token_file or token_path(cfg),
+            registration=registration,
+            agent_token_file=agent_token,
+        )
         return ChildSpec.build(
             argv,
             server_env(cfg, base),
@@ -226,6 +245,10 @@ def child_spec(
             probe_tls=admin_tls(cfg),
         )
     if role is Role.AGENT:
+        if token_file is None:
+            if not pin.ca_hash:
+                raise ValueError("an agent is never started without the cluster CA hash")
+            token_file = capin.join_token_path(cfg, pin.ca_hash)
         argv = agent_argv(cfg, token_file=token_file, registration=registration)
         return ChildSpec.build(
             argv,

@@ -86,6 +86,12 @@ def render_metrics(status: dict[str, Any]) -> str:
         [({"reason": str(r)}, int(n)) for r, n in sorted((vip.get("refused") or {}).items())],
     )
     out += _family(
+        "k3snoded_ca_pin_alarms",
+        "gauge",
+        "Sources of the cluster CA hash that disagree now (docs/security.md).",
+        [({}, len((status.get("ca_pin") or {}).get("alarms") or []))],
+    )
+    out += _family(
         "k3snoded_peers",
         "gauge",
         "Machines this node knows of (discovery and datastore).",

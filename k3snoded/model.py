@@ -64,6 +64,8 @@ class Peer:
     api_port: int
     role: Role = Role.NONE
     registration: str | None = None
+    ca_hash: str | None = None  # the cluster CA hash agents pin, when the peer knows it
+    agent_token: bool = False  # the fleet's servers take the derived agent token
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +35,13 @@ class PeerBook:
     def __init__(self, cfg: Config, *, local: Callable[[], Peer]) -> None:
         self.cfg = cfg
         self._local = local
-        key = derive_key(read_token(cfg.cluster.token_file), cfg.cluster.name)
+        # A machine with only the agent token verifies nothing peers sign: a random key makes
+        # every signature it sees fail, and config.py turns mDNS and the seeds off for it.
+        self.keyless = cfg.cluster.agent_token_file is not None
+        if self.keyless:
+            key = secrets.token_bytes(32)
+        else:
+            key = derive_key(read_token(cfg.cluster.token_file), cfg.cluster.name)
         self._key = key
         self.api = PeerApi(key, cfg.cluster.name, self.peers, local)
         self.seeds: SeedDiscovery | None = None
@@ -47,7 +54,8 @@ class PeerBook:
         return self._key
 
     def install(self, app: web.Application) -> None:
-        self.api.install(app)
+        if not self.keyless:
+            self.api.install(app)
 
     async def run(self) -> None:
         self._announced = self._local()
@@ -121,6 +129,10 @@ class PeerBook:
             if p.registration:
                 votes[p.registration] += 2 if p.role is Role.SERVER else 1
         return votes.most_common(1)[0][0] if votes else None
+
+    def announced_pins(self) -> list[tuple[str, bool, bool]]:
+        """(CA hash, agent token, announced by a server) of every verified peer (capin.vote)."""
+        return [(p.ca_hash or "", p.agent_token, p.role is Role.SERVER) for p in self.peers()]
 
     def status(self) -> list[dict[str, Any]]:
         return [

@@ -18,13 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from k3snoded import k3s
+from k3snoded import capin, k3s
 from k3snoded.atomic import read_json_state, write_json_state
+from k3snoded.capin import CaPin, Pin
 from k3snoded.config import Config
 from k3snoded.model import Role, RolePreference
 from k3snoded.peers import PeerBook
 from k3snoded.process import ChildSpec, ChildStatus
 from k3snoded.supervisor import Supervisor
+from k3snoded.tokens import TokenError
 from k3snoded.vip import VipKeeper
 
 log = logging.getLogger("k3snoded.roles")
@@ -50,13 +52,33 @@ class ChildControl(Protocol):
     def on_change(self, cb: Callable[[ChildStatus], None]) -> None: ...
 
 
+WAITING_FOR_PIN = (
+    "agent, waiting for the cluster CA hash before k3s may join (from the fleet's datastore, "
+    "a server's signed announcement, or a secure token in the token file)"
+)
+
+
 class RoleSource(abc.ABC):
     """Decides this node's role and drives the supervisor to it (level-triggered)."""
 
-    def __init__(self, cfg: Config, supervisor: ChildControl) -> None:
+    def __init__(self, cfg: Config, supervisor: ChildControl, *, key: bytes = b"") -> None:
         self.cfg = cfg
         self.supervisor = supervisor
         self.wanted = Wanted()
+        self.key = key  # the cluster key: the derived agent token
+        self.pins = CaPin(cfg)  # what this machine knows of the cluster CA (capin.py)
+        self._applied = Pin()
+        self._write_failed = ""
+
+    @property
+    def pin(self) -> Pin:
+        return self.pins.pin
+
+    async def load_pin(self) -> None:
+        """What a previous run knew: the hash its agent pinned, and whether its k3s took the
+        agent token (so that a restart during a datastore outage starts the same k3s)."""
+        await self.pins.load()
+        self.pins.set_agent_token(await asyncio.to_thread(remembered_agent_token, self.cfg))
 
     @abc.abstractmethod
     async def run(self) -> None:
@@ -71,7 +93,10 @@ class RoleSource(abc.ABC):
         await self.apply(self.wanted, force=True)
 
     def status(self) -> dict[str, Any]:
-        return {"vip": {"address": self.cfg.registration.address or None, "held": False}}
+        return {
+            "vip": {"address": self.cfg.registration.address or None, "held": False},
+            "ca_pin": self.pins.status(),
+        }
 
     async def leave(self) -> None:
         """``k3snoded leave``: nothing to hand over without a fleet; just stop k3s."""
@@ -79,35 +104,61 @@ class RoleSource(abc.ABC):
 
     async def apply(self, wanted: Wanted, *, force: bool = False) -> None:
         """Make ``wanted`` the target; log one sentence when it changes. The file work of a
-        role change (agent state, the remembered role) runs in a thread, off the loop."""
-        if wanted == self.wanted and not force:
+        role change (agent state, token files, the remembered role) runs in a thread, off the
+        loop. An agent is never started without the cluster CA hash (``capin.py``): until it
+        is known, nothing is started, and an agent k3s already running is left alone."""
+        pin = self.pin
+        if wanted.role is Role.AGENT and not pin.ca_hash:
+            self._wait_for_pin()
             return
+        if wanted == self.wanted and pin == self._applied and not force:
+            return
+        spec = None
+        if wanted.role is Role.AGENT:
+            try:
+                await asyncio.to_thread(capin.write_join_token, self.cfg, pin, self.key)
+            except (OSError, TokenError) as err:  # retried at the next apply
+                if str(err) != self._write_failed:
+                    log.error("cannot write the agent's token file for k3s: %s", err)
+                    self._write_failed = str(err)
+                return
+        if wanted.role is not Role.NONE:
+            spec = k3s.child_spec(self.cfg, wanted.role, wanted.registration, pin=pin)
         changed = wanted.role != self.wanted.role or wanted.registration != self.wanted.registration
         if changed:
             log.info("role %s: %s", wanted.role.value, wanted.reason)
         if self.wanted.role is Role.AGENT and wanted.role is Role.SERVER:
             await asyncio.to_thread(k3s.clear_agent_state, self.cfg)
-        if changed and wanted.role is not Role.NONE:
-            await asyncio.to_thread(remember_role, self.cfg, wanted)
-        self.wanted = wanted
-        if wanted.role is Role.NONE:
-            self.supervisor.want(None)
-        else:
-            self.supervisor.want(k3s.child_spec(self.cfg, wanted.role, wanted.registration))
+        mode_changed = pin.agent_token != self._applied.agent_token
+        if (changed or mode_changed) and wanted.role is not Role.NONE:
+            await asyncio.to_thread(remember_role, self.cfg, wanted, pin.agent_token)
+        self.wanted, self._applied = wanted, pin
+        self.supervisor.want(spec)
+
+    def _wait_for_pin(self) -> None:
+        if self.wanted.role is Role.SERVER:
+            self.supervisor.want(None)  # a server told to be an agent stops even so
+        if self.wanted.reason != WAITING_FOR_PIN:
+            log.info("role none: %s", WAITING_FOR_PIN)
+        self.wanted = Wanted(Role.NONE, "", WAITING_FOR_PIN)
 
 
 def _role_file(cfg: Config) -> Path:
     return cfg.node.state_dir / "role.json"
 
 
-def remember_role(cfg: Config, wanted: Wanted) -> None:
-    """Persist the role (atomically) so a restart can resume it before the datastore answers."""
+def remember_role(cfg: Config, wanted: Wanted, agent_token: bool = False) -> None:
+    """Persist the role (atomically) so a restart can resume it before the datastore answers,
+    with whether k3s ran with the agent token (a server's command line depends on it)."""
+    state = {"role": wanted.role.value, "registration": wanted.registration}
     try:
-        write_json_state(
-            _role_file(cfg), {"role": wanted.role.value, "registration": wanted.registration}
-        )
+        write_json_state(_role_file(cfg), {**state, "agent_token": agent_token})
     except OSError as err:
         log.warning("cannot persist the role in %s: %s", cfg.node.state_dir, err)
+
+
+def remembered_agent_token(cfg: Config) -> bool:
+    return bool((read_json_state(_role_file(cfg)) or {}).get("agent_token"))
 
 
 def remembered_role(cfg: Config) -> Wanted | None:
@@ -143,14 +194,37 @@ def static_role(cfg: Config, learned: str = "") -> Wanted:
 
 class StaticRoles(RoleSource):
     def __init__(self, cfg: Config, supervisor: Supervisor, *, peers: PeerBook) -> None:
-        super().__init__(cfg, supervisor)
+        super().__init__(cfg, supervisor, key=peers.key)
         self.peers = peers
         self.left = False
 
     async def run(self) -> None:
+        await self.load_pin()
         while not self.left:
-            await self.apply(static_role(self.cfg, self._learned()))
+            wanted = static_role(self.cfg, self._learned())
+            await self._learn_pin(wanted)
+            await self.apply(wanted)
             await asyncio.sleep(1.0)
+
+    async def _learn_pin(self, wanted: Wanted) -> None:
+        """A single server: its own CA (once ready), and the agent token when its k3s cluster
+        was created with it. An agent: what servers announce."""
+        if wanted.role is Role.SERVER:
+            if not self._applied.agent_token and self.wanted.role is not Role.SERVER:
+                used = await asyncio.to_thread(capin.server_takes_agent_token, self.cfg, self.key)
+                self.pins.set_agent_token(used)
+            if self.supervisor.status.ready and self.pins.learned.source != "k3s":
+                mine = await asyncio.to_thread(capin.local_ca_hash, self.cfg)
+                if mine:
+                    self.pins.learn(mine, "k3s")
+            return
+        heard, alarm = capin.vote(self.peers.announced_pins())
+        if alarm:
+            self.pins.alarm("peers", alarm)
+        elif heard is not None:
+            self.pins.clear("peers")
+            self.pins.set_agent_token(heard.agent_token)
+            self.pins.learn(heard.ca_hash, "peers")
 
     def _learned(self) -> str:
         """A registration address learned from peers. Once an agent runs with one it keeps

@@ -14,6 +14,8 @@ a     addresses, comma-separated                  ``198.18.0.11``
 p     peer-API port                               ``6480``
 r     role now (none/server/agent)                ``server``
 g     registration address, when known            ``198.18.0.100``
+h     the cluster CA hash agents pin, when known  64 lower-case hex
+t     ``1``: the servers take the agent token     ``1``
 b     ``1``: the node leaves (signed goodbye)     ``1``
 ts    signing time (Unix seconds, 3 decimals)     ``1764080000.123``
 sig   HMAC-SHA256, URL-safe base64                43 characters
@@ -28,6 +30,7 @@ import ipaddress
 from collections.abc import Mapping
 
 from k3snoded.model import Peer, Role
+from k3snoded.tokens import is_ca_hash
 
 FORMAT_VERSION = "1"
 LEAVING_FIELD = "b"  # "1" in the record a node signs as it leaves (receivers drop it at once)
@@ -47,6 +50,10 @@ def peer_to_fields(peer: Peer) -> dict[str, str]:
     }
     if peer.registration:
         fields["g"] = peer.registration
+    if peer.ca_hash:
+        fields["h"] = peer.ca_hash
+        if peer.agent_token:
+            fields["t"] = "1"
     return fields
 
 
@@ -81,6 +88,11 @@ def peer_from_fields(fields: Mapping[str, str]) -> Peer:
     registration = fields.get("g") or None
     if registration is not None:
         _check_name(registration, "registration address")
+    ca_hash = fields.get("h") or None
+    if ca_hash is not None and not is_ca_hash(ca_hash):
+        raise ValueError("bad CA hash")
+    if fields.get("t", "1") != "1" or ("t" in fields and ca_hash is None):
+        raise ValueError(f"bad agent-token field {fields.get('t')!r}")
     return Peer(
         name=_check_name(name, "node name"),
         cluster=_check_name(cluster, "cluster name"),
@@ -88,6 +100,8 @@ def peer_from_fields(fields: Mapping[str, str]) -> Peer:
         api_port=int(raw_port),
         role=role,
         registration=registration,
+        ca_hash=ca_hash,
+        agent_token=fields.get("t") == "1",
     )
 
 

@@ -54,7 +54,8 @@ def test_generated_password_and_agent_token(k3s: Launcher, tmp_path: Path) -> No
     assert agent_token == f"K10{m.group(1)}::node:agentpw"
     base = f"https://127.0.0.1:{node.port}/v1-k3s/config"
     assert get(base, auth=("node", "agentpw")).status == 200
-    assert get(base, auth=("server", m.group(2))).status == 200
+    # The server user is in group k3s:server only, not an agent's (router.go, auth.go).
+    assert get(base, auth=("server", m.group(2))).status == 403
 
 
 def test_routes(k3s: Launcher, tmp_path: Path) -> None:
@@ -75,14 +76,15 @@ def test_routes(k3s: Launcher, tmp_path: Path) -> None:
             "Unauthorized",
             401,
         )
-    assert get(base + "/v1-k3s/config").status == 401
+    # auth.go doAuth: no credentials is 403 forbidden; a wrong password is an error, 401.
+    assert get(base + "/v1-k3s/config").status == 403
     assert get(base + "/v1-k3s/config", auth=("node", "wrong")).status == 401
     ready = get(base + "/v1-k3s/readyz", auth=("node", "pw"))
     assert (ready.status, ready.body) == (200, b"ok")
     assert json.loads(get(base + "/v1-k3s/apiservers", auth=("node", "pw")).body) == [
         f"127.0.0.1:{node.port}"
     ]
-    cfg = json.loads(get(base + "/v1-k3s/config", auth=("server", "pw")).body)
+    cfg = json.loads(get(base + "/v1-k3s/config", auth=("node", "pw")).body)
     assert cfg["HTTPSPort"] == node.port
     ca = (node.server_dir / "tls/server-ca.crt").read_bytes()
     assert get(base + "/v1-k3s/server-ca.crt", auth=("node", "pw")).body == ca

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import Iterator
@@ -169,17 +170,82 @@ def test_watchdog_is_fed(node: DaemonHarness) -> None:
 
 
 def test_agent_joins_the_registration_address(tmp_path: Path) -> None:
+    """An agent starts only with the cluster CA hash to pin: here a secure token in the token
+    file (capin.py); without one it waits (``test_an_agent_without_a_ca_hash_never_starts``)."""
+    ca_hash = "ab" * 32
+    h = DaemonHarness(
+        tmp_path,
+        config={"node": {"role": "agent"}, "registration": {"address": "127.0.0.1"}},
+    )
+    h.token_file.write_text(f"K10{ca_hash}::server:{TOKEN}\n")
+    try:
+        h.start()
+        s = h.wait_for(lambda s: s["k3s"]["pid"] is not None, what="agent started")
+        assert s["node"]["role"] == "agent"
+        assert s["registration"] == "127.0.0.1"
+        assert (s["ca_pin"]["ca_hash"], s["ca_pin"]["source"]) == (ca_hash, "token file")
+        # The agent keeps retrying to validate the cluster CA (there is no server): not ready.
+        assert not s["k3s"]["ready"]
+        joined = h.state_dir / f"join-token.{ca_hash[:16]}"
+        assert joined.read_text() == f"K10{ca_hash}::node:{TOKEN}\n"
+        assert stat.S_IMODE(joined.stat().st_mode) == 0o600
+    finally:
+        h.close()
+
+
+def test_an_agent_without_a_ca_hash_never_starts(tmp_path: Path) -> None:
+    """A short token, no fleet, no peers: nothing can pin the cluster CA, so k3s is never
+    started (it would send the token to whatever answers at the registration address)."""
     h = DaemonHarness(
         tmp_path,
         config={"node": {"role": "agent"}, "registration": {"address": "127.0.0.1"}},
     )
     try:
         h.start()
-        s = h.wait_for(lambda s: s["k3s"]["pid"] is not None, what="agent started")
-        assert s["node"]["role"] == "agent"
-        assert s["registration"] == "127.0.0.1"
-        # The agent keeps retrying to validate the cluster CA (there is no server): not ready.
-        assert not s["k3s"]["ready"]
+        s = h.wait_for(lambda s: "CA hash" in s["decision"], what="waiting for the CA hash")
+        time.sleep(3)
+        s = h.status()
+        assert s["k3s"]["pid"] is None and s["node"]["role"] == "none"
+        assert s["ca_pin"]["ca_hash"] is None
+        assert not list(h.state_dir.glob("join-token*"))
+    finally:
+        h.close()
+
+
+def test_an_agent_left_running_is_kept_until_the_ca_hash_is_known(tmp_path: Path) -> None:
+    """An agent k3s that a daemon without a pin finds running (an older k3snoded started it) is
+    neither stopped nor restarted; once the hash is known the daemon takes it over, and a k3s
+    already started with that pin is adopted, not restarted."""
+    ca_hash = "ab" * 32
+    h = DaemonHarness(
+        tmp_path,
+        config={"node": {"role": "agent"}, "registration": {"address": "127.0.0.1"}},
+    )
+    h.token_file.write_text(f"K10{ca_hash}::server:{TOKEN}\n")
+    try:
+        h.start()
+        pid = h.wait_for(lambda s: s["k3s"]["pid"] is not None, what="agent started")["k3s"]["pid"]
+        h.signal(signal.SIGKILL)  # the daemon only: k3s, in its own process group, lives on
+        h.wait(10)
+        # What a daemon that knows no hash finds: a short token, no join token of its own.
+        h.token_file.write_text(TOKEN + "\n")
+        for path in h.state_dir.glob("join-token*"):
+            path.unlink()
+        h.start()
+        h.wait_for(lambda s: "CA hash" in s["decision"], what="waiting for the CA hash")
+        time.sleep(3)
+        s = h.status()
+        assert (s["k3s"]["pid"], s["k3s"]["adopted"]) == (pid, True)
+        assert os.path.exists(f"/proc/{pid}")
+
+        h.signal(signal.SIGKILL)
+        h.wait(10)
+        h.token_file.write_text(f"K10{ca_hash}::server:{TOKEN}\n")
+        h.start()
+        s = h.wait_for(lambda s: s["node"]["role"] == "agent", what="the agent role again")
+        time.sleep(2)
+        s = h.status()
+        assert s["k3s"]["pid"] == pid and s["k3s"]["restarts"] == 0
     finally:
         h.close()
 

@@ -74,6 +74,8 @@ def test_healthz_is_200_on_a_ready_server_and_503_on_a_ready_agent(tmp_path: Pat
             "registration": {"address": "127.0.0.1"},
             "api": {"listen": "127.0.0.1:6481"},
             "cluster": {"name": "test", "token_file": str(server.token_file)},
+            # The agent learns the cluster CA hash from the server's signed answer (capin.py).
+            "discovery": {"mdns": False, "seeds": ["http://127.0.0.1:6480"]},
         },
     )
     own_netns, agent.netns = agent.netns, server.netns  # the agent joins the server's namespace
@@ -84,6 +86,9 @@ def test_healthz_is_200_on_a_ready_server_and_503_on_a_ready_agent(tmp_path: Pat
         agent.start()
         s = agent.wait_for(lambda s: s["k3s"]["ready"], timeout=60, what="agent ready")
         assert s["node"]["role"] == "agent"
+        pin = server.status()["ca_pin"]
+        assert (pin["source"], pin["agent_token"]) == ("k3s", True)  # a new single server
+        assert s["ca_pin"] == {**pin, "source": "peers"}
         assert get(server.netns, "http://127.0.0.1:6480/healthz") == 200
         assert get(server.netns, "http://127.0.0.1:6481/healthz") == 503
         assert get(server.netns, "http://127.0.0.1:6481/livez") == 200

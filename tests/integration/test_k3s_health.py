@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from k3snoded.capin import Pin, write_join_token
 from k3snoded.config import ClusterConfig, Config, K3sConfig, NodeConfig
 from k3snoded.k3s import child_spec, install_token_file
 from k3snoded.model import ChildState, Role
@@ -105,8 +106,10 @@ async def test_an_agent_is_not_killed_for_not_being_ready(root: Path, tracker: T
     the field: the datastore is down, so the apiserver's /readyz fails) keeps running past
     k3s.ready_timeout instead of being killed and restarted every ready_timeout."""
     cfg = _config(root, ready_timeout=1.5)
-    install_token_file(cfg)
-    spec = child_spec(cfg, Role.AGENT, "127.0.0.1", base_env=os.environ)
+    pin = Pin("ab" * 32, "datastore")  # an agent is started with a pin (capin.py)
+    cfg.node.state_dir.mkdir(parents=True, exist_ok=True)
+    write_join_token(cfg, pin, b"")
+    spec = child_spec(cfg, Role.AGENT, "127.0.0.1", base_env=os.environ, pin=pin)
     sup = Supervisor("k3s", cfg.node.run_dir, ready_probe_interval=0.2)
     tracker.watch(sup)
     sup.want(spec)

@@ -28,6 +28,7 @@ server alone. A second CA (a server that saved its own over another's) is report
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -235,9 +236,17 @@ class K3sHost:
             self.machine.later_k3s(1.0, self._try_ready, proc)
             return
         proc.state, proc.healthy = "ready", proc.role is Role.SERVER
+        if proc.role is Role.SERVER:  # k3s writes server/token with its CA hash (capin.py)
+            self._write_server_token(world.server.cluster_ca or self.machine.name)
         world.trace(self.machine.name, f"k3s {proc.role.value} ready (pid {proc.pid})")
         self._changed(proc)
         self.link_changed()
+
+    def _write_server_token(self, ca: str) -> None:
+        server = self.machine.cfg.k3s.data_dir / "server"
+        server.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256(ca.encode()).hexdigest()
+        (server / "token").write_text(f"K10{digest}::server:sim\n")
 
     def _give_up(self, proc: Proc) -> None:
         if proc is self.proc and proc.state == "starting":

@@ -95,6 +95,19 @@ class SimPeers:
     def key(self) -> bytes:
         return self._key
 
+    def announced_pins(self) -> list[tuple[str, bool, bool]]:
+        """What the reachable machines announce of the cluster CA (capin.py)."""
+        if self.machine.partitioned:
+            return []
+        out = []
+        for m in self.machine.world.machines:
+            roles = m.roles
+            if m is self.machine or roles is None or not m.up or m.partitioned:
+                continue
+            server = roles.wanted.role is Role.SERVER
+            out.append((roles.pins.announced_hash, roles.pin.agent_token, server))
+        return out
+
     def registration(self) -> str | None:
         world = self.machine.world
         if self.machine.partitioned:

@@ -20,6 +20,8 @@ PEERS = [
     Peer("n1", "lab", ("198.18.0.11",), 6480, Role.SERVER, "198.18.0.100"),
     Peer("n2", "lab", ("198.18.0.12", "fd00::12"), 1, Role.AGENT, "k3s.example.org"),
     Peer("agent-7", "lab", (), 65535),
+    Peer("n3", "lab", ("198.18.0.13",), 6480, Role.SERVER, None, "ab" * 32, agent_token=True),
+    Peer("n4", "lab", ("198.18.0.14",), 6480, Role.AGENT, "198.18.0.100", "cd" * 32),
 ]
 
 
@@ -40,7 +42,8 @@ def test_registration_omitted_when_unknown() -> None:
 
 
 def test_worst_case_fields_fit() -> None:
-    peer = Peer("n" * 63, "c" * 63, tuple(f"198.18.0.{i}" for i in range(100, 115)), 6480)
+    addresses = tuple(f"198.18.0.{i}" for i in range(100, 115))
+    peer = Peer("n" * 63, "c" * 63, addresses, 6480, Role.SERVER, "r" * 63, "f" * 64, True)
     encode_txt(sign_record(KEY, peer_to_fields(peer), NOW))
 
 
@@ -67,6 +70,10 @@ def test_too_long_item_is_refused() -> None:
         ({"n": "a\nb"}, "bad node name"),
         ({"n": "x" * 64}, "bad node name"),
         ({"g": "a,b"}, "bad registration"),
+        ({"h": "AB" * 32}, "bad CA hash"),
+        ({"h": "ab" * 31}, "bad CA hash"),
+        ({"t": "1"}, "bad agent-token"),  # an agent-token mode without a CA hash
+        ({"h": "ab" * 32, "t": "yes"}, "bad agent-token"),
     ],
 )
 def test_malformed_fields(change: dict[str, str | None], reason: str) -> None:

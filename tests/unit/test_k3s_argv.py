@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from k3snoded.capin import Pin
 from k3snoded.config import (
     ClusterConfig,
     Config,
@@ -343,10 +344,32 @@ def test_sqlite_server_spec_sets_no_k3s_variable() -> None:
 
 def test_agent_spec_has_no_endpoint_and_no_ready_url() -> None:
     cfg = _cfg(datastore=DatastoreConfig(endpoint=MYSQL))
-    spec = child_spec(cfg, Role.AGENT, "10.0.0.100", base_env={"PATH": "/bin"})
+    spec = child_spec(cfg, Role.AGENT, "10.0.0.100", base_env={"PATH": "/bin"}, pin=PIN)
     assert spec.env_dict == {"PATH": "/bin"}
     assert spec.ready_url is None
     assert spec.argv[1] == "agent"
+
+
+def test_an_agent_joins_with_the_token_file_of_its_pin_and_never_without_one() -> None:
+    cfg = _cfg()
+    spec = child_spec(cfg, Role.AGENT, "10.0.0.100", base_env={}, pin=PIN)
+    token_file = cfg.node.state_dir / f"join-token.{PIN.ca_hash[:16]}"
+    assert _has_pair(list(spec.argv), "--token-file", str(token_file))
+    other = child_spec(cfg, Role.AGENT, "10.0.0.100", base_env={}, pin=Pin("cd" * 32, "k3s"))
+    assert other.identity != spec.identity  # a new pin restarts the agent's k3s
+    with pytest.raises(ValueError, match="CA hash"):
+        child_spec(cfg, Role.AGENT, "10.0.0.100", base_env={})
+
+
+def test_a_server_takes_the_agent_token_when_the_fleet_does() -> None:
+    cfg = _cfg()
+    plain = child_spec(cfg, Role.SERVER, "", base_env={})
+    assert "--agent-token-file" not in plain.argv
+    spec = child_spec(cfg, Role.SERVER, "", base_env={}, pin=Pin(agent_token=True))
+    assert _has_pair(list(spec.argv), "--agent-token-file", str(cfg.node.state_dir / "agent-token"))
+
+
+PIN = Pin("ab" * 32, "datastore", agent_token=True)
 
 
 def test_no_spec_for_role_none() -> None:

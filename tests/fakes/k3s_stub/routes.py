@@ -26,6 +26,16 @@ UNAUTHORIZED = {
 }
 
 
+# pkg/server/handlers/router.go: the groups each kind of /v1-k3s route accepts.
+AGENT_GROUPS = ("k3s:agent", "system:nodes", "system:bootstrappers:k3s:default-node-token")
+SERVER_GROUPS = ("k3s:server",)
+SERVER_ROUTES = frozenset({"server-bootstrap"})  # (token, encrypt/*, cert/cacerts: not emulated)
+
+
+class _BadCredentials(Exception):
+    """Basic auth with an unknown user or a wrong password (``invalid username/password``)."""
+
+
 class NodePasswordRejected(Exception):
     """The node password does not match the stored one for that node name."""
 
@@ -107,25 +117,41 @@ def build_app(state: ServerState) -> web.Application:
     async def cacerts(_request: web.Request) -> web.Response:
         return web.Response(body=state.ca_pem(), content_type="text/plain")
 
-    def role(request: web.Request) -> str | None:
+    def groups(request: web.Request) -> tuple[str, ...] | None:
+        """The authenticator (``pkg/authenticator``): Basic auth against ``cred/passwd`` (user
+        ``server`` is in group k3s:server only, ``node`` in k3s:agent; the node password is the
+        agent token when one is given), else a verified client certificate's organisations.
+        None: not authenticated. Raises ``_BadCredentials`` for a wrong user or password."""
         creds = _basic_auth(request)
-        if creds is None:
-            return None
-        user, pw = creds
-        if user == "server" and pw == state.server_pw:
-            return "k3s:server"
-        if user == "node" and pw in (state.node_pw, state.server_pw):
-            return "k3s:agent"
+        if creds is not None:
+            user, pw = creds
+            if user == "server" and pw == state.server_pw:
+                return ("k3s:server", "system:authenticated")
+            if user == "node" and pw == state.node_pw:
+                return ("k3s:agent", "system:authenticated")
+            raise _BadCredentials
+        who = client_identity(request)
+        return None if who is None else who[1]
+
+    def authorized(request: web.Request, allowed: tuple[str, ...]) -> web.Response | None:
+        """``auth.doAuth``: an authentication error is 401 ``not authorized``; no credentials, or
+        none of the route's groups, is 403 ``forbidden``. None: go on."""
+        try:
+            found = groups(request)
+        except _BadCredentials:
+            return _send_error(request, 401, "Unauthorized", "not authorized")
+        if found is None or not set(found) & set(allowed):
+            return _send_error(request, 403, "Forbidden", "forbidden")
         return None
 
-    def unauthorized() -> web.Response:
-        return web.Response(status=401, text="Unauthorized\n", reason="Unauthorized")
-
     async def agent_route(request: web.Request) -> web.StreamResponse:
-        who = role(request)
-        if who is None:
-            return unauthorized()
         name = request.match_info["name"]
+        # router.go: server-only routes first (k3s:server), then the agents' (k3s:agent, a
+        # kubelet's system:nodes, or a bootstrap token's group).
+        allowed = SERVER_GROUPS if name in SERVER_ROUTES else AGENT_GROUPS
+        refused = authorized(request, allowed)
+        if refused is not None:
+            return refused
         if name == "readyz":
             if not state.ready:
                 return _send_error(request, 503, "Service Unavailable", "runtime core not ready")
@@ -164,8 +190,6 @@ def build_app(state: ServerState) -> web.Application:
         if name in ("client-kube-proxy.crt", "client-k3s-controller.crt"):
             return web.Response(body=state.ca_pem())
         if name == "server-bootstrap":
-            if who != "k3s:server":
-                return unauthorized()
             peer = request.remote or "unknown"
             logs.warning(
                 f"Received HTTP bootstrap request from {peer}, but embedded etcd is not enabled."

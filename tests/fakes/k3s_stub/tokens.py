@@ -23,27 +23,27 @@ class TokenError(Exception):
 class Token:
     ca_hash: str  # "" for a short token
     username: str
-    password: str
+    password: str  # or the whole <id>.<secret> of a bootstrap token
+    bootstrap: bool = False
 
 
 def parse(text: str) -> Token:
-    """Parse a secure ``K10<hash>::<user>:<pw>`` token or a short ``<pw>`` one."""
+    """clientaccess.parseToken: ``K10<hash>::<user>:<pw>``, ``K10<hash>::<id>.<secret>``, or a
+    short ``<pw>`` / ``<id>.<secret>`` (read as ``K10:::<pw>`` / ``K10::<id>.<secret>``)."""
     if text == "":
         raise TokenError("token must not be empty")
     if not text.startswith("K10"):
-        return Token("", "", text)
-    body = text[3:]
-    if "::" not in body:
-        raise TokenError("invalid token format")
-    hash_part, creds = body.split("::", 1)
+        text = ("K10::" if _BOOTSTRAP_TOKEN.match(text) else "K10:::") + text
+    parts = text[3:].split("::", 1)
+    hash_part, creds = ("", parts[0]) if len(parts) == 1 else (parts[0], parts[1])
     if hash_part and len(hash_part) != 64:
         raise TokenError("invalid token CA hash length")
     if _BOOTSTRAP_TOKEN.match(creds):
-        return Token(hash_part, "", creds)
-    if ":" in creds:
-        user, pw = creds.split(":", 1)
-        return Token(hash_part, user, pw)
-    return Token(hash_part, "", creds)
+        return Token(hash_part, "", creds, bootstrap=True)
+    user_pw = creds.split(":", 1)
+    if len(user_pw) != 2 or not user_pw[1]:
+        raise TokenError("invalid token format")
+    return Token(hash_part, user_pw[0], user_pw[1])
 
 
 FILE_WAIT = 240.0  # util.ReadFile waits up to 4 minutes for a missing file
