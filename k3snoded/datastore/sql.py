@@ -218,7 +218,21 @@ class SqlDatastore(Datastore):
     async def ensure_schema(self) -> None:
         render = self.dialect.types
 
+        def recorded(cur: CountingCursor) -> int | None:
+            try:
+                cur.execute(f"SELECT MAX(version) FROM {VERSION_TABLE}")
+                (found,) = cur.fetchall()[0]
+            except Exception:  # no version table yet: the locked path below creates it
+                return None
+            return int(found or 0)
+
         def migrate(cur: CountingCursor) -> tuple[int, int]:
+            # Up to date (every start but the first of a new version): no lock. A fleet that
+            # starts at once (or comes back after an outage) would otherwise queue every member
+            # behind one lock whose wait times out at retry_timeout (1,000 members did).
+            known = recorded(cur)
+            if known is not None and known >= schema.LATEST:
+                return known, known
             self.dialect.lock_schema(cur)
             ok = False
             try:

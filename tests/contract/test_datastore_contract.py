@@ -38,6 +38,29 @@ async def test_ensure_schema_concurrently_from_several_nodes(target: Target) -> 
     assert [r.member.name for r in await stores[3].members()] == ["n1"]
 
 
+async def test_an_up_to_date_schema_needs_no_lock(target: Target) -> None:
+    """A whole fleet starting at once (or back after an outage) must not queue behind the
+    schema lock: 1,000 members did, and their lock waits timed out for half a minute."""
+    no_memory(target)
+    await ready(target)
+    holder = target._connect(target.database)  # another session holds the schema lock
+    cur = holder.cursor()
+    try:
+        if target.backend == "postgres":
+            cur.execute("SELECT pg_advisory_lock(%s)", (0x6B33736E,))
+        elif target.backend == "mysql":
+            cur.execute("SELECT GET_LOCK('k3snoded_schema', 5)")
+        else:
+            cur.execute("BEGIN IMMEDIATE")
+        cur.fetchall()
+        other = target.open(retry_timeout=1.0)
+        await other.preflight()
+        await asyncio.wait_for(other.ensure_schema(), 2.5)  # the lock wait alone fails at 1 s
+    finally:
+        cur.close()
+        holder.close()
+
+
 async def test_schema_upgrade_applies_only_the_new_step(
     target: Target, monkeypatch: pytest.MonkeyPatch
 ) -> None:
