@@ -222,7 +222,7 @@ class VrrpSpeaker:
             address=source, advert_interval=self.advert_interval, preempt=self.preempt
         )
         self._sock = VrrpSocket(
-            self.interface, info.index, source, multicast=not self.unicast_peers
+            self.interface, info.index, source, multicast=not self.unicast_peers, vrid=self.vrid
         )
         self._garp = GarpSender(
             self.interface,
