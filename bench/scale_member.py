@@ -3,7 +3,7 @@
 Each member has its own datastore (``open_datastore``: one connection, one worker thread), a
 stand-in supervisor (k3s ready ``--ready-delay`` s after it is wanted) and no VIP. Every second
 the worker writes each member's counters to ``<work>/snap-<first>.json``; ``<work>/kill``
-names a member to crash (its task cancelled, nothing released); ``<work>/stop`` ends it.
+names the members to crash (its task cancelled, nothing released); ``<work>/stop`` ends it.
 """
 
 from __future__ import annotations
@@ -188,10 +188,10 @@ async def run_members(args: argparse.Namespace) -> None:
         if (args.work / "stop").exists():
             break
         with contextlib.suppress(OSError):
-            victim = (args.work / "kill").read_text().strip()
-            if victim in members and victim not in killed:
-                killed.add(victim)
-                members[victim][2].cancel()  # a crash: nothing released, nothing said
+            for victim in (args.work / "kill").read_text().split():
+                if victim in members and victim not in killed:
+                    killed.add(victim)
+                    members[victim][2].cancel()  # a crash: nothing released, nothing said
         out = {
             name: {
                 "statements": roles.ds.statements,
