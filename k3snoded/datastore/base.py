@@ -167,7 +167,8 @@ class Datastore(abc.ABC):
     async def claim_flag(self, name: str, value: str) -> str:
         """Set flag ``name`` to ``value`` only if it has no value yet (insert-if-absent);
         return the value stored after the call. Of machines claiming concurrently, all get
-        the first one's value. One conditional insert and one read."""
+        the first one's value. One read when the flag is set, which takes no row lock (a
+        whole fleet may start at once); else a conditional insert and a second read."""
 
     @abc.abstractmethod
     async def flags(self) -> dict[str, str]:

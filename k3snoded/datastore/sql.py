@@ -391,9 +391,18 @@ class SqlDatastore(Datastore):
         await self._session.run(lambda cur: cur.execute(self._flag_sql, (name, value)))
 
     async def claim_flag(self, name: str, value: str) -> str:
+        read = f"SELECT value FROM {FLAGS} WHERE name = ?"
+
         def claim(cur: CountingCursor) -> str:
+            # Set already (every start but the fleet's first): a plain read. MySQL's
+            # insert-if-absent locks the existing row, and a whole fleet starting at once
+            # queued on it (1,000 members on MariaDB collapsed into timeouts and reconnects).
+            cur.execute(read, (name,))
+            rows = cur.fetchall()
+            if rows:
+                return str(rows[0][0])
             cur.execute(self._claim_sql, (name, value))
-            cur.execute(f"SELECT value FROM {FLAGS} WHERE name = ?", (name,))
+            cur.execute(read, (name,))
             rows = cur.fetchall()
             return str(rows[0][0]) if rows else value
 

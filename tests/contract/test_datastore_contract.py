@@ -315,6 +315,32 @@ async def test_claim_flag_is_insert_if_absent(target: Target) -> None:
     assert (await stores[1].flags())["verifier"] == won[0]
 
 
+async def test_claiming_a_set_flag_takes_no_row_lock(target: Target) -> None:
+    """Every member claims the fleet's verifier at start: with the flag set, that must not
+    queue behind a lock on its row (a fleet of 1,000 on MariaDB did, and timed out)."""
+    no_memory(target)
+    ds = await ready(target)
+    assert await ds.claim_flag("verifier", "first") == "first"
+    holder = target._connect(target.database)  # another session locks the flag's row
+    cur = holder.cursor()
+    try:
+        if target.is_sqlite:
+            cur.execute("BEGIN IMMEDIATE")
+        else:
+            cur.execute("BEGIN")
+            cur.execute("SELECT value FROM k3snoded_flags WHERE name = 'verifier' FOR UPDATE")
+            cur.fetchall()
+        other = target.open(retry_timeout=1.0)
+        await other.preflight()
+        before = other.statements
+        assert await asyncio.wait_for(other.claim_flag("verifier", "late"), 2.5) == "first"
+        assert other.statements - before == 1
+    finally:
+        holder.rollback()
+        cur.close()
+        holder.close()
+
+
 async def test_statement_counter(target: Target) -> None:
     ds = await ready(target)
     start = ds.statements

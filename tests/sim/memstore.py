@@ -488,6 +488,9 @@ class MemoryDatastore(Datastore):
 
     async def claim_flag(self, name: str, value: str) -> str:
         async def body(send: Send) -> str:
+            found: str | None = await send(lambda s, c: s.flags.get(name))
+            if found is not None:  # set already: a plain read, no row lock
+                return found
             await send(lambda s, c: s.flags.setdefault(name, value), frozenset({f"flag:{name}"}))
             stored: str = await send(lambda s, c: s.flags.get(name, value))
             return stored
