@@ -53,8 +53,10 @@ systemd-roots: setup
 systemd-lab: setup dbs systemd-roots
 	$(PY) -m pytest -q tests/systemd $(PYTEST_ARGS)
 
+# Every benchmark and one summary table (bench/all.py); LONG=1 adds the long ones (1,000
+# members, cold starts of 20 and 30 machines, faults, VIP under loss, attacks, systemd lab).
 bench: setup dbs
-	@for b in bench/[!_]*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	$(PY) bench/all.py $(if $(LONG),--long)
 
 soak: setup dbs
 	$(PY) -m pytest -q -m soak $(PYTEST_ARGS)

@@ -3,7 +3,9 @@
 k3snoded runs as a server of a one-machine fleet on PostgreSQL (heartbeats, coordinator lease,
 the VRRP speaker at its default 0.1 s advert, mDNS, the peer API), with the stand-in k3s ready.
 keepalived (VRRPv3, the same 0.1 s advert, a different VRID) runs in a second machine of the same
-lab. Both are sampled from /proc over the same window. Target: ≤ 40 MB RSS, ≤ 0.5 % of a core.
+lab. Both are sampled from /proc over the same window. k3snoded's figure is the daemon plus its
+helper process (the VIP guard), not k3s. Targets (issue 14): ≤ 40 MB RSS and ≤ 4x keepalived's
+CPU at 0.1 s adverts (stretch: 25 MB, 2x); without the VIP, idle CPU ≤ 0.1 % of a core.
 
     .venv/bin/python bench/footprint.py [--seconds 60]
 """
@@ -35,6 +37,20 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def guard_pids(daemon: int) -> list[int]:
+    """The daemon's helper processes (the VIP guard), found among its children."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == daemon and b"k3snoded-vip-guard" in cmdline:
+            out.append(int(stat.parent.name))
+    return out
 
 
 def private_mb(pid: int) -> tuple[float, float]:
@@ -79,7 +95,8 @@ def measure(seconds: float, *, vip: bool) -> dict[str, Sample]:
         fleet.wait(fleet.converged, timeout=60, what="the server ready")
         node = fleet.nodes[0]
         assert node.proc is not None
-        targets: dict[str, list[int]] = {"k3snoded": [node.proc.pid]}
+        time.sleep(1.0)  # the VIP guard starts with the speaker
+        targets: dict[str, list[int]] = {"k3snoded": [node.proc.pid, *guard_pids(node.proc.pid)]}
         ka = None
         if vip:
             ka = keepalived.start(
@@ -117,7 +134,7 @@ def main() -> int:
     n_rss, n_cpu, n_pss, n_uss = without["k3snoded"]
     k_rss, k_cpu, k_pss, k_uss = with_vip["keepalived"]
     print(
-        f"footprint k3snoded, server + VIP master (advert 0.1 s): RSS {d_rss:5.1f} MB "
+        f"footprint k3snoded + VIP guard, server + VIP master (advert 0.1 s): RSS {d_rss:5.1f} MB "
         f"(PSS {d_pss:.1f}, USS {d_uss:.1f})  CPU {d_cpu:5.2f} % of a core"
     )
     print(
@@ -135,10 +152,11 @@ def main() -> int:
         f"ratio k3snoded/keepalived: RSS {d_rss / max(k_rss, 0.01):.1f}x, "
         f"CPU {d_cpu / max(k_cpu, 0.001):.1f}x"
     )
+    ratio = d_cpu / max(k_cpu, 0.001)
     print(
-        f"target RSS <= 40 MB: {'met' if d_rss <= 40.0 else 'MISSED'}; "
-        f"target CPU <= 0.5 %: {'met' if d_cpu <= 0.5 else 'MISSED'} "
-        f"(without the VIP: {'met' if n_cpu <= 0.5 else 'MISSED'})"
+        f"target RSS <= 40 MB (stretch 25): {'met' if d_rss <= 40.0 else 'MISSED'}; "
+        f"target CPU <= 4x keepalived (stretch 2x): {'met' if ratio <= 4 else 'MISSED'}; "
+        f"target idle CPU without the VIP <= 0.1 %: {'met' if n_cpu <= 0.1 else 'MISSED'}"
     )
     return 0
 

@@ -230,6 +230,10 @@ class FleetRoles(RoleSource):
     async def _cycle(self) -> None:
         t0 = _now()
         child = self.supervisor.status
+        # Only the coordinator decides from every row (and a machine that is leaving counts the
+        # eligible ones); any other member reads its own row, the servers and the coordinator's,
+        # so its cost does not grow with the fleet.
+        everyone = self.is_coordinator or self.leaving
         rows = await self.ds.sync(
             MemberRecord(
                 name=self.me,
@@ -241,19 +245,23 @@ class FleetRoles(RoleSource):
                 eligible=self.eligible and _now() >= self._boot_pause_until,
                 role=self.wanted.role,
                 ready=child.ready,
-            )
+            ),
+            everyone=everyone,
         )
         self.counters["renew_seconds"] = _now() - t0
-        self.members = self._observe(rows)
-        self.assigned = {r.member.name: r.assigned for r in rows if r.assigned is not None}
+        self._take(rows)
         if self.can_coordinate:
-            await self._coordinate()
+            await self._coordinate(everyone)
         if self.leaving:
             await self._hand_over()
         else:
             await self._reconcile()
 
-    async def _coordinate(self) -> None:
+    def _take(self, rows: list[MemberRow]) -> None:
+        self.members = self._observe(rows)
+        self.assigned = {r.member.name: r.assigned for r in rows if r.assigned is not None}
+
+    async def _coordinate(self, read_everyone: bool) -> None:
         ttl = self.cfg.coordination.lease_ttl
         now = _now()
         if lease_due(now - self._last_try, holder=self.is_coordinator, c=self.cfg.coordination):
@@ -267,6 +275,8 @@ class FleetRoles(RoleSource):
         if not self.is_coordinator:
             await self._learn_coordinator()
             return
+        if not read_everyone:  # just took the lease over: decide from every row, not a view
+            self._take(await self.ds.members())
         self.coordinator = self.me
         d = decide(
             ElectionInput(
@@ -632,6 +642,9 @@ class FleetRoles(RoleSource):
             "bootstrapped_by": self.bootstrapped_by,
             "ca_pin": self.pins.status(),
             "leaving": "left" if self.left else ("handing over" if self.leaving else None),
+            # The coordinator lists every member; any other member itself, the servers and
+            # the coordinator (what it reads: Datastore.members_seen_by).
+            "peers_scope": "all" if self.is_coordinator or self.leaving else "servers",
             "counters": {**self.counters, "statements": self.ds.statements},
         }
 

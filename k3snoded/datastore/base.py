@@ -105,12 +105,23 @@ class Datastore(abc.ABC):
         database now - ``updated_at`` in seconds, the heartbeat's ``stamp`` and the assigned
         role."""
 
-    async def sync(self, rec: MemberRecord) -> list[MemberRow]:
-        """``heartbeat(rec)`` then ``members()``: the whole at-rest cycle of a node.
+    @abc.abstractmethod
+    async def members_seen_by(self, name: str) -> list[MemberRow]:
+        """What a member that does not coordinate reads (one statement), ordered by name: its
+        own row (``name``), every row assigned ``server``, and the row of the coordinator
+        lease's holder (expired or not). Its size follows ``servers.count``, not the fleet's:
+        a member needs its own assignment, the servers to register to and to watch, and the
+        coordinator's heartbeat; only the coordinator decides from every row."""
+
+    async def sync(self, rec: MemberRecord, *, everyone: bool = True) -> list[MemberRow]:
+        """``heartbeat(rec)`` then ``members()`` (``everyone``) or ``members_seen_by(rec.name)``:
+        the whole at-rest cycle of a node.
 
         Backends that can do both in one statement override this (PostgreSQL does)."""
         await self.heartbeat(rec)
-        return await self.members()
+        if everyone:
+            return await self.members()
+        return await self.members_seen_by(rec.name)
 
     @abc.abstractmethod
     async def assign_roles(self, roles: Mapping[str, Role], holder: str) -> bool:
@@ -156,7 +167,8 @@ class Datastore(abc.ABC):
     async def claim_flag(self, name: str, value: str) -> str:
         """Set flag ``name`` to ``value`` only if it has no value yet (insert-if-absent);
         return the value stored after the call. Of machines claiming concurrently, all get
-        the first one's value. One conditional insert and one read."""
+        the first one's value. One read when the flag is set, which takes no row lock (a
+        whole fleet may start at once); else a conditional insert and a second read."""
 
     @abc.abstractmethod
     async def flags(self) -> dict[str, str]:

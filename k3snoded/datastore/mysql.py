@@ -29,6 +29,7 @@ _TLS_FAILURES = ("certificate", "ssl is required", "handshake", "alert", "wrong 
 # lock wait timeout, deadlock, killed, read timeout
 _TRANSIENT = {2002, 2003, 2005, 2006, 2013, 2055, 1040, 1053, 1205, 1213, 1927, 3024}
 _SCHEMA_LOCK = "k3snoded_schema"
+_DUPLICATE_KEY_NAME = 1061
 
 
 class MysqlDialect(Dialect):
@@ -39,6 +40,7 @@ class MysqlDialect(Dialect):
     types: ClassVar[dict[str, str]] = {
         "float": "DOUBLE",
         "table_options": " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+        "if_not_exists": "",  # MySQL 8 has no CREATE INDEX IF NOT EXISTS: see ddl()
     }
 
     def _kwargs(self, database: str | None) -> dict[str, Any]:
@@ -161,6 +163,14 @@ class MysqlDialect(Dialect):
             "VALUES(holder), holder), "
             "expires_at = IF(holder = VALUES(holder), VALUES(expires_at), expires_at)"
         )
+
+    def ddl(self, cur: CountingCursor, statement: str) -> None:
+        """An index that exists already (a step that ran but was not recorded) is no error."""
+        try:
+            cur.execute(statement)
+        except pymysql.err.Error as e:
+            if not (e.args and e.args[0] == _DUPLICATE_KEY_NAME):
+                raise
 
     def lock_schema(self, cur: CountingCursor) -> None:
         cur.execute("SELECT GET_LOCK(?, ?)", (_SCHEMA_LOCK, max(1, int(self.timeout))))

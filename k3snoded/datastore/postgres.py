@@ -37,7 +37,11 @@ class PostgresDialect(Dialect):
     name = "postgres"
     placeholder = "%s"
     now = "EXTRACT(EPOCH FROM now())::float8"
-    types: ClassVar[dict[str, str]] = {"float": "DOUBLE PRECISION", "table_options": ""}
+    types: ClassVar[dict[str, str]] = {
+        "float": "DOUBLE PRECISION",
+        "table_options": "",
+        "if_not_exists": "IF NOT EXISTS ",
+    }
     cte_upsert = True
 
     def _kwargs(self, database: str, statement_timeout: float | None = None) -> dict[str, Any]:

@@ -1,11 +1,11 @@
 """k3snoded's tables beside kine's, as versioned migration steps.
 
-Each step is a list of DDL templates; ``{float}`` and ``{table_options}`` are filled in by the
-backend's dialect (the only per-database difference in the DDL). Times are stored as seconds
-since the epoch **on the database's clock** (a float column), so ages and expiries are plain
-subtractions in every backend.
+Each step is a list of DDL templates; ``{float}``, ``{table_options}`` and ``{if_not_exists}``
+(for ``CREATE INDEX``) are filled in by the backend's dialect (the only per-database difference in
+the DDL). Times are stored as seconds since the epoch **on the database's clock** (a float
+column), so ages and expiries are plain subtractions in every backend.
 
-To change the schema, append a step (``(2, [...])``): ``ensure_schema`` applies, in order, every
+To change the schema, append a step (``(3, [...])``): ``ensure_schema`` applies, in order, every
 step above the version recorded in ``k3snoded_schema_version``, under a database lock, and records
 each one. Steps must be additive so that nodes still running the older version keep working
 during a rolling upgrade.
@@ -51,6 +51,12 @@ STEPS: Sequence[tuple[int, Sequence[str]]] = (
             "value TEXT NOT NULL, "
             "updated_at {float} NOT NULL){table_options}",
         ),
+    ),
+    (
+        2,
+        # What a member that does not coordinate reads (members_seen_by): the servers by this
+        # index, its own row and the coordinator's by the primary key; no scan of the fleet.
+        (f"CREATE INDEX {{if_not_exists}}k3snoded_members_assigned ON {MEMBERS} (assigned)",),
     ),
 )
 

@@ -123,6 +123,10 @@ class Dialect(abc.ABC):
             f"OR {LEASES}.expires_at > excluded.expires_at + ?"
         )
 
+    def ddl(self, cur: CountingCursor, statement: str) -> None:
+        """Run one statement of a schema step."""
+        cur.execute(statement)
+
     @abc.abstractmethod
     def lock_schema(self, cur: CountingCursor) -> None:
         """Take the database-wide lock that serializes ``ensure_schema``."""
@@ -166,9 +170,15 @@ class SqlDatastore(Datastore):
         self._session = Session(dialect, dialect.label, budget=2 * retry_timeout + 0.5)
         self._long = 4 * retry_timeout + 1.0  # preflight and ensure_schema: several statements
         now = dialect.now
-        self._members_sql = (
-            f"SELECT {', '.join(MEMBER_COLUMNS)}, assigned, {now} - updated_at, updated_at "
-            f"FROM {MEMBERS} ORDER BY name"
+        select = f"SELECT {', '.join(MEMBER_COLUMNS)}, assigned, {now} - updated_at, updated_at "
+        self._members_sql = f"{select}FROM {MEMBERS} ORDER BY name"
+        # A member's own row, the servers, the coordinator: two index lookups (the primary
+        # key, the ``assigned`` index), never a scan of the fleet. Parameter: the name.
+        self._seen_by_sql = (
+            f"{select}FROM {MEMBERS} WHERE assigned = 'server' UNION ALL "
+            f"{select}FROM {MEMBERS} WHERE name IN (?, (SELECT holder FROM {LEASES} "
+            f"WHERE name = '{COORDINATOR_LEASE}')) "
+            "AND (assigned IS NULL OR assigned <> 'server') ORDER BY name"
         )
         self._heartbeat_sql = dialect.upsert(
             MEMBERS,
@@ -208,7 +218,21 @@ class SqlDatastore(Datastore):
     async def ensure_schema(self) -> None:
         render = self.dialect.types
 
+        def recorded(cur: CountingCursor) -> int | None:
+            try:
+                cur.execute(f"SELECT MAX(version) FROM {VERSION_TABLE}")
+                (found,) = cur.fetchall()[0]
+            except Exception:  # no version table yet: the locked path below creates it
+                return None
+            return int(found or 0)
+
         def migrate(cur: CountingCursor) -> tuple[int, int]:
+            # Up to date (every start but the first of a new version): no lock. A fleet that
+            # starts at once (or comes back after an outage) would otherwise queue every member
+            # behind one lock whose wait times out at retry_timeout (1,000 members did).
+            known = recorded(cur)
+            if known is not None and known >= schema.LATEST:
+                return known, known
             self.dialect.lock_schema(cur)
             ok = False
             try:
@@ -218,7 +242,7 @@ class SqlDatastore(Datastore):
                 current = int(found or 0)
                 for version, ddl in schema.pending(current):
                     for template in ddl:
-                        cur.execute(schema.render(template, render))
+                        self.dialect.ddl(cur, schema.render(template, render))
                     cur.execute(
                         f"INSERT INTO {VERSION_TABLE} (version, applied_at) "
                         f"VALUES (?, {self.dialect.now})",
@@ -263,20 +287,39 @@ class SqlDatastore(Datastore):
 
         return await self._session.run(read)
 
-    async def sync(self, rec: MemberRecord) -> list[MemberRow]:
+    async def members_seen_by(self, name: str) -> list[MemberRow]:
+        def read(cur: CountingCursor) -> list[MemberRow]:
+            cur.execute(self._seen_by_sql, (name,))
+            return [_row(r) for r in cur.fetchall()]
+
+        return await self._session.run(read)
+
+    async def sync(self, rec: MemberRecord, *, everyone: bool = True) -> list[MemberRow]:
         if not self.dialect.cte_upsert:
-            return await super().sync(rec)
+            return await super().sync(rec, everyone=everyone)
         cols = ", ".join(MEMBER_COLUMNS)
+        now = self.dialect.now
+        others = f"SELECT {cols}, assigned, {now} - updated_at, updated_at FROM {MEMBERS} "
+        # The statement sees the table as it was before its own upsert: this member's row
+        # comes from RETURNING, every other one from the table.
+        params: tuple[str, ...] = (rec.name,)
+        if everyone:
+            rest = f"{others}WHERE name <> ?"
+        else:
+            rest = (
+                f"{others}WHERE assigned = 'server' AND name <> ? UNION ALL "
+                f"{others}WHERE name = (SELECT holder FROM {LEASES} "
+                f"WHERE name = '{COORDINATOR_LEASE}') AND name <> ? "
+                "AND (assigned IS NULL OR assigned <> 'server')"
+            )
+            params = (rec.name, rec.name)
         sql = (
             f"WITH me AS ({self._heartbeat_sql} RETURNING {cols}, assigned, updated_at) "
-            f"SELECT {cols}, assigned, 0.0, updated_at FROM me UNION ALL "
-            f"SELECT {cols}, assigned, {self.dialect.now} - updated_at, updated_at "
-            f"FROM {MEMBERS} "
-            "WHERE name <> ? ORDER BY name"
+            f"SELECT {cols}, assigned, 0.0, updated_at FROM me UNION ALL {rest} ORDER BY name"
         )
 
         def both(cur: CountingCursor) -> list[MemberRow]:
-            cur.execute(sql, (*self._record(rec), rec.name))
+            cur.execute(sql, (*self._record(rec), *params))
             return [_row(r) for r in cur.fetchall()]
 
         return await self._session.run(both)
@@ -348,9 +391,18 @@ class SqlDatastore(Datastore):
         await self._session.run(lambda cur: cur.execute(self._flag_sql, (name, value)))
 
     async def claim_flag(self, name: str, value: str) -> str:
+        read = f"SELECT value FROM {FLAGS} WHERE name = ?"
+
         def claim(cur: CountingCursor) -> str:
+            # Set already (every start but the fleet's first): a plain read. MySQL's
+            # insert-if-absent locks the existing row, and a whole fleet starting at once
+            # queued on it (1,000 members on MariaDB collapsed into timeouts and reconnects).
+            cur.execute(read, (name,))
+            rows = cur.fetchall()
+            if rows:
+                return str(rows[0][0])
             cur.execute(self._claim_sql, (name, value))
-            cur.execute(f"SELECT value FROM {FLAGS} WHERE name = ?", (name,))
+            cur.execute(read, (name,))
             rows = cur.fetchall()
             return str(rows[0][0]) if rows else value
 

@@ -18,7 +18,11 @@ class SqliteDialect(Dialect):
     name = "sqlite"
     placeholder = "?"
     now = "((julianday('now') - 2440587.5) * 86400.0)"
-    types: ClassVar[dict[str, str]] = {"float": "REAL", "table_options": ""}
+    types: ClassVar[dict[str, str]] = {
+        "float": "REAL",
+        "table_options": "",
+        "if_not_exists": "IF NOT EXISTS ",
+    }
 
     @property
     def label(self) -> str:

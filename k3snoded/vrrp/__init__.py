@@ -2,6 +2,7 @@
 
 Public API: :class:`~k3snoded.vrrp.speaker.VrrpSpeaker` and its
 :class:`~k3snoded.vrrp.speaker.SpeakerStatus`. The pieces: ``packet`` (codec), ``machine``
-(pure state machine), ``netlink`` (the address, via pyroute2), ``garp`` (gratuitous ARP).
+(pure state machine), ``netlink`` (the address, over rtnetlink with pyroute2's message
+classes), ``garp`` (gratuitous ARP).
 See docs/vrrp.md.
 """

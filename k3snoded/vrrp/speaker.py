@@ -16,8 +16,10 @@ for fleets that share the VRID with a keepalived without ``auth_hmac``.
 
 Stale copies: at start the VIP is removed from the interface (a killed predecessor leaves it,
 lab-findings §3). While Master, the VIP carries a kernel lifetime (``vip_lifetime``, 1 s by
-default) refreshed every 0.25 s, so a SIGKILLed or frozen holder loses it within about 2 s
-instead of holding it for ever next to the new master.
+default) refreshed at least every 0.25 s, so a SIGKILLed or frozen holder loses it within about
+1.25 s instead of holding it for ever next to the new master. The refresh rides on the advert
+timer (one netlink send, no ack awaited, no wake-up of its own) whenever the advert interval is
+shorter than the refresh period; with longer intervals the reconcile task refreshes it.
 """
 
 from __future__ import annotations
@@ -139,6 +141,12 @@ class VrrpSpeaker:
         self._garp_pending = False
         self._release_advert = False  # a priority-0 advert waiting for the VIP's removal
         self._garp_task: asyncio.Task[None] | None = None
+        self._writer: AddressWriter | None = None
+        self._refreshed = 0.0  # loop time of the last lifetime refresh (or add)
+        # The advert timer refreshes the lifetime when it fires often enough; else the task.
+        self._refresh_by_adverts = (
+            vip_lifetime is not None and self.advert_interval < LIFETIME_REFRESH
+        )
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._done = asyncio.Event()
@@ -214,7 +222,7 @@ class VrrpSpeaker:
             address=source, advert_interval=self.advert_interval, preempt=self.preempt
         )
         self._sock = VrrpSocket(
-            self.interface, info.index, source, multicast=not self.unicast_peers
+            self.interface, info.index, source, multicast=not self.unicast_peers, vrid=self.vrid
         )
         self._garp = GarpSender(
             self.interface,
@@ -227,6 +235,7 @@ class VrrpSpeaker:
         self._sock.open()
         try:
             writer.open()
+            self._writer = writer
             self._garp.open()
             loop.add_reader(self._sock.fileno(), self._on_readable)
             log.info(
@@ -259,6 +268,7 @@ class VrrpSpeaker:
                 if handover is None:
                     self._send_release_advert()
                 self._holds_vip = False
+                self._writer = None
                 self._sock.close()
                 self._garp.close()
                 writer.close()
@@ -269,7 +279,9 @@ class VrrpSpeaker:
     ) -> None:
         """Make the interface match the machine's wish; wake on change or every few seconds."""
         while not self._stopping.is_set():
-            refreshing = self._want_vip and self._lifetime is not None
+            refreshing = (
+                self._want_vip and self._lifetime is not None and not self._refresh_by_adverts
+            )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
                     self._wake.wait(), LIFETIME_REFRESH if refreshing else RECONCILE_EVERY
@@ -281,6 +293,7 @@ class VrrpSpeaker:
             try:
                 if want:
                     await writer.put()
+                    self._refreshed = asyncio.get_running_loop().time()
                     if not self._holds_vip:
                         log.info("added %s to %s", self.vip, self.interface)
                     self._holds_vip = True
@@ -337,6 +350,8 @@ class VrrpSpeaker:
         match action:
             case machine.SendAdvert(priority=p):
                 self._send_advert(p)
+                if p and self._refresh_by_adverts:
+                    self._refresh_lifetime()
             case machine.AddVip():
                 self._want_vip = True
                 self._wake.set()
@@ -352,6 +367,21 @@ class VrrpSpeaker:
                 self._timer = asyncio.get_running_loop().call_later(d, self._on_timer)
             case machine.CancelTimer():
                 self._cancel_timer()
+
+    def _refresh_lifetime(self) -> None:
+        """With an advert, while holding the VIP: renew its kernel lifetime when due."""
+        writer = self._writer
+        if writer is None or not (self._holds_vip and self._want_vip):
+            return
+        now = asyncio.get_running_loop().time()
+        if now - self._refreshed < LIFETIME_REFRESH:
+            return
+        self._refreshed = now
+        try:
+            writer.refresh()
+        except VrrpError as exc:
+            self._send_errors.drop("netlink", str(exc))
+            self._wake.set()  # the reconcile task adds it again and reports
 
     def _send_release_advert(self) -> None:
         if self._release_advert:
@@ -402,6 +432,8 @@ class VrrpSpeaker:
                 return
             if dgram.source == self._sock.source:
                 return  # our own advert, looped back
+            if len(dgram.payload) > 1 and dgram.payload[1] != self.vrid:
+                return  # another router's VRID on the same segment: silently discarded (RFC 7.1)
             if dgram.ttl != packet.VRRP_TTL:
                 self._drops.drop("ttl", f"TTL {dgram.ttl} from {dgram.source}, must be 255")
                 return

@@ -24,7 +24,7 @@ async def test_ensure_schema_is_idempotent_and_versioned(target: Target) -> None
     ds = await ready(target)
     await ds.ensure_schema()
     versions = target.query(f"SELECT version FROM {VERSION_TABLE}")
-    assert [int(v) for (v,) in versions] == [LATEST] == [1]
+    assert sorted(int(v) for (v,) in versions) == list(range(1, LATEST + 1)) == [1, 2]
 
 
 async def test_ensure_schema_concurrently_from_several_nodes(target: Target) -> None:
@@ -33,26 +33,52 @@ async def test_ensure_schema_concurrently_from_several_nodes(target: Target) -> 
     for ds in stores:
         await ds.preflight()
     await asyncio.gather(*(ds.ensure_schema() for ds in stores))
-    assert len(target.query(f"SELECT version FROM {VERSION_TABLE}")) == 1
+    assert len(target.query(f"SELECT version FROM {VERSION_TABLE}")) == LATEST
     await stores[0].heartbeat(record("n1"))
     assert [r.member.name for r in await stores[3].members()] == ["n1"]
+
+
+async def test_an_up_to_date_schema_needs_no_lock(target: Target) -> None:
+    """A whole fleet starting at once (or back after an outage) must not queue behind the
+    schema lock: 1,000 members did, and their lock waits timed out for half a minute."""
+    no_memory(target)
+    await ready(target)
+    holder = target._connect(target.database)  # another session holds the schema lock
+    cur = holder.cursor()
+    try:
+        if target.backend == "postgres":
+            cur.execute("SELECT pg_advisory_lock(%s)", (0x6B33736E,))
+        elif target.backend == "mysql":
+            cur.execute("SELECT GET_LOCK('k3snoded_schema', 5)")
+        else:
+            cur.execute("BEGIN IMMEDIATE")
+        cur.fetchall()
+        other = target.open(retry_timeout=1.0)
+        await other.preflight()
+        await asyncio.wait_for(other.ensure_schema(), 2.5)  # the lock wait alone fails at 1 s
+    finally:
+        cur.close()
+        holder.close()
 
 
 async def test_schema_upgrade_applies_only_the_new_step(
     target: Target, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     no_memory(target)
-    ds = await ready(target)  # at version 1
+    monkeypatch.setattr(schema, "STEPS", schema.STEPS[:1])  # a database at version 1
+    monkeypatch.setattr(schema, "LATEST", 1)
+    ds = await ready(target)
     await ds.heartbeat(record("n1"))
-    v2 = "CREATE TABLE IF NOT EXISTS k3snoded_v2_probe (name VARCHAR(64) NOT NULL PRIMARY KEY)"
-    monkeypatch.setattr(schema, "STEPS", (*schema.STEPS, (2, (v2,))))
-    monkeypatch.setattr(schema, "LATEST", 2)
+    monkeypatch.undo()
+    probe = "CREATE TABLE IF NOT EXISTS k3snoded_next_probe (name VARCHAR(64) NOT NULL PRIMARY KEY)"
+    monkeypatch.setattr(schema, "STEPS", (*schema.STEPS, (LATEST + 1, (probe,))))
+    monkeypatch.setattr(schema, "LATEST", LATEST + 1)
     other = target.open()
     await other.ensure_schema()
     await other.ensure_schema()
     versions = sorted(int(v) for (v,) in target.query(f"SELECT version FROM {VERSION_TABLE}"))
-    assert versions == [1, 2]
-    assert target.query("SELECT COUNT(*) FROM k3snoded_v2_probe") == [(0,)]
+    assert versions == list(range(1, LATEST + 2))
+    assert target.query("SELECT COUNT(*) FROM k3snoded_next_probe") == [(0,)]
     assert [r.member.name for r in await other.members()] == ["n1"]  # v1 data untouched
     monkeypatch.undo()
     await ds.ensure_schema()  # an older node on a newer schema carries on
@@ -127,6 +153,44 @@ async def test_sync_is_heartbeat_plus_members(target: Target) -> None:
     )
     assert per_cycle == (1 if one_statement else 2)
     assert [r.member.name for r in await b.members()] == ["node-a", "node-b"]
+
+
+async def test_a_member_reads_itself_the_servers_and_the_coordinator(target: Target) -> None:
+    ds, me = await ready(target), await ready(target)
+    for name in ("a1", "a2", "c", "me", "s1", "s2"):
+        await ds.heartbeat(record(name))
+    # Before any lease or assignment: only its own row.
+    assert [r.member.name for r in await me.members_seen_by("me")] == ["me"]
+    assert await ds.try_lease(COORDINATOR_LEASE, "c", 30)
+    agents = {n: Role.AGENT for n in ("a1", "a2", "c", "me")}
+    assert await ds.assign_roles({**agents, "s1": Role.SERVER, "s2": Role.SERVER}, "c")
+    rows = await me.members_seen_by("me")
+    assert [r.member.name for r in rows] == ["c", "me", "s1", "s2"]
+    full = {r.member.name: r for r in await me.members()}
+    for r in rows:  # the same rows as a full read gives: stamps, roles, assignments
+        assert (r.stamp, r.assigned, r.member.address) == (
+            full[r.member.name].stamp,
+            full[r.member.name].assigned,
+            full[r.member.name].member.address,
+        )
+    before = me.statements
+    rows = await me.sync(record("me", ready=True), everyone=False)
+    one_statement = target.backend == "postgres" or (
+        target.memory is not None and target.memory.dialect == "postgres"
+    )
+    assert me.statements - before == (1 if one_statement else 2)
+    assert [r.member.name for r in rows] == ["c", "me", "s1", "s2"]
+    mine = next(r for r in rows if r.member.name == "me")
+    assert mine.member.ready and mine.assigned is Role.AGENT and mine.member.heartbeat_age < 0.5
+    assert mine.stamp != full["me"].stamp  # the heartbeat it just wrote
+    # A server reading, a coordinator that is a server: each row once.
+    assert await ds.assign_roles({**agents, "me": Role.SERVER, "c": Role.SERVER}, "c")
+    assert [r.member.name for r in await me.members_seen_by("me")] == ["c", "me"]
+    rows = await me.sync(record("me"), everyone=False)
+    assert [r.member.name for r in rows] == ["c", "me"]
+    # An expired lease still names the coordinator last known.
+    target.shift_lease(COORDINATOR_LEASE, -60)
+    assert [r.member.name for r in await me.members_seen_by("a1")] == ["a1", "c", "me"]
 
 
 async def test_heartbeat_keeps_the_assigned_role_and_remove_member(target: Target) -> None:
@@ -249,6 +313,32 @@ async def test_claim_flag_is_insert_if_absent(target: Target) -> None:
     assert len(set(won)) == 1 and won[0] in {"v0", "v1", "v2", "v3"}
     assert await stores[0].claim_flag("verifier", "late") == won[0]
     assert (await stores[1].flags())["verifier"] == won[0]
+
+
+async def test_claiming_a_set_flag_takes_no_row_lock(target: Target) -> None:
+    """Every member claims the fleet's verifier at start: with the flag set, that must not
+    queue behind a lock on its row (a fleet of 1,000 on MariaDB did, and timed out)."""
+    no_memory(target)
+    ds = await ready(target)
+    assert await ds.claim_flag("verifier", "first") == "first"
+    holder = target._connect(target.database)  # another session locks the flag's row
+    cur = holder.cursor()
+    try:
+        if target.is_sqlite:
+            cur.execute("BEGIN IMMEDIATE")
+        else:
+            cur.execute("BEGIN")
+            cur.execute("SELECT value FROM k3snoded_flags WHERE name = 'verifier' FOR UPDATE")
+            cur.fetchall()
+        other = target.open(retry_timeout=1.0)
+        await other.preflight()
+        before = other.statements
+        assert await asyncio.wait_for(other.claim_flag("verifier", "late"), 2.5) == "first"
+        assert other.statements - before == 1
+    finally:
+        holder.rollback()
+        cur.close()
+        holder.close()
 
 
 async def test_statement_counter(target: Target) -> None:

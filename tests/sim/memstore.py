@@ -131,6 +131,7 @@ class Server:
         self.lease_history: list[tuple[float, str]] = []  # (loop time, new holder)
         self.heartbeats: dict[str, list[float]] = {}  # loop times of committed heartbeats
         self.last_read: dict[str, float] = {}  # loop time each client last read the members
+        self.reads: list[tuple[str, bool, int]] = []  # (client, read every row, rows returned)
         self.cluster_ca: str | None = None  # kine's bootstrap data (the k3s model writes it)
         # Called as hook(client) right after a role write's statement was answered (with the
         # two-statement transaction this was between SELECT ... FOR UPDATE and COMMIT).
@@ -235,11 +236,21 @@ class Server:
         beats.append(self.clock())
         del beats[:-4]
 
-    def rows(self, reader: str = "") -> list[MemberRow]:
+    def rows(self, reader: str = "", *, seen_by: str | None = None) -> list[MemberRow]:
+        """Every member row; with ``seen_by``, only what ``members_seen_by`` returns: that
+        member's own row, the rows assigned server and the coordinator lease holder's row.
+        ``last_read`` records the full reads (the ones a coordinator decides from)."""
         now = self.now()
-        self.last_read[reader] = self.clock()
+        names = sorted(self.members)
+        if seen_by is None:
+            self.last_read[reader] = self.clock()
+        else:
+            lease = self.leases.get(COORDINATOR_LEASE)
+            wanted = {seen_by, lease[0] if lease else seen_by}
+            names = [n for n in names if n in wanted or self.members[n].assigned is Role.SERVER]
+        self.reads.append((reader, seen_by is None, len(names)))
         out = []
-        for name in sorted(self.members):
+        for name in names:
             row = self.members[name]
             r = row.rec
             member = Member(
@@ -404,13 +415,18 @@ class MemoryDatastore(Datastore):
         rows: list[MemberRow] = await self._one(lambda s, c: s.rows(c.client))
         return rows
 
-    async def sync(self, rec: MemberRecord) -> list[MemberRow]:
+    async def members_seen_by(self, name: str) -> list[MemberRow]:
+        rows: list[MemberRow] = await self._one(lambda s, c: s.rows(c.client, seen_by=name))
+        return rows
+
+    async def sync(self, rec: MemberRecord, *, everyone: bool = True) -> list[MemberRow]:
         if self.server.dialect != "postgres":
-            return await super().sync(rec)
+            return await super().sync(rec, everyone=everyone)
+        seen_by = None if everyone else rec.name
 
         def both(s: Server, c: Conn) -> list[MemberRow]:
             s.heartbeat(rec)
-            return s.rows(c.client)
+            return s.rows(c.client, seen_by=seen_by)
 
         rows: list[MemberRow] = await self._one(both, _MEMBERS)
         return rows
@@ -472,6 +488,9 @@ class MemoryDatastore(Datastore):
 
     async def claim_flag(self, name: str, value: str) -> str:
         async def body(send: Send) -> str:
+            found: str | None = await send(lambda s, c: s.flags.get(name))
+            if found is not None:  # set already: a plain read, no row lock
+                return found
             await send(lambda s, c: s.flags.setdefault(name, value), frozenset({f"flag:{name}"}))
             stored: str = await send(lambda s, c: s.flags.get(name, value))
             return stored

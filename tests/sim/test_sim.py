@@ -113,6 +113,32 @@ def test_a_calm_fleet_forms_and_stays(tmp_path: Path) -> None:
     assert world.server.cluster_ca is not None
 
 
+def test_only_the_coordinator_reads_every_member(tmp_path: Path) -> None:
+    """Per-member cost independent of the fleet's size: a member that never coordinated reads
+    its own row, the servers and the coordinator's, whatever the number of agents."""
+    n, eligible = 9, 3
+    prefs = (RolePreference.AUTO,) * eligible + (RolePreference.AGENT,) * (n - eligible)
+    plan = calm(
+        machines=n,
+        preferences=prefs,
+        boot_at=tuple(0.2 * i for i in range(n)),
+        k3s_faults=("none",) * n,
+        slow_stops=(False,) * n,
+    )
+    world = run_plan(plan, tmp_path)
+    assert world.violation is None, world.render()
+    assert sum(r.assigned is Role.AGENT for r in world.server.members.values()) == n - 2
+    coordinators = {holder for _t, holder in world.server.lease_history}
+    assert len(coordinators) == 1
+    others = [(c, rows) for c, everyone, rows in world.server.reads if c not in coordinators]
+    assert others and all(
+        not everyone for c, everyone, _r in world.server.reads if c not in coordinators
+    )
+    assert max(rows for _c, rows in others) <= 2 + 2  # servers.count + itself + coordinator
+    full = [rows for c, everyone, rows in world.server.reads if everyone]
+    assert max(full) == n  # the coordinator decides from every row
+
+
 def test_same_seed_same_trace_in_fresh_processes() -> None:
     """Determinism across processes and hash seeds (set iteration order differs)."""
     code = (
