@@ -4,8 +4,8 @@ The quick set (a few minutes) runs by default; ``--long`` (``make bench LONG=1``
 ones (the fleet at 1,000 members, cold starts of 20 and 30 machines, the fault suite, the VIP
 under loss, the attacks, the systemd lab). A headline is a line in which a benchmark states a
 figure beside its baseline or target (it contains "target", "baseline" or "ratio"), a
-footprint, scale or VIP-loss line, or a row of the fault and attack tables;
-docs/performance.md holds the figures, their baselines, date and command.
+benchmark's own figure line (footprint, scale, VIP loss, lab, sim, ...), or a row of the fault
+and attack tables; docs/performance.md holds the figures, their baselines, date and command.
 
     .venv/bin/python bench/all.py [--long] [--only footprint,startup]
 """
@@ -39,8 +39,18 @@ BENCHES: list[tuple[str, list[str], bool]] = [
 ]
 HEADLINE_WORDS = ("target", "baseline", "ratio")
 # Lines that carry a figure without one of those words: the footprint's own lines, the scale
-# and VIP-loss summaries, and the rows of the fault and attack tables (markdown).
-HEADLINE_PREFIXES = ("scale ", "footprint ", "vip under ", "| ")
+# and VIP-loss summaries, the lab's and the simulator's, the readyz probe's and discovery's own
+# figure, and the rows of the fault and attack tables (markdown).
+HEADLINE_PREFIXES = (
+    "scale ",
+    "footprint ",
+    "vip under ",
+    "lab ",
+    "sim:",
+    "readyz probe, kept",
+    "  k3snoded ",
+    "| ",
+)
 
 
 def headlines(output: str) -> list[str]:
