@@ -3,8 +3,9 @@
 The quick set (a few minutes) runs by default; ``--long`` (``make bench LONG=1``) adds the long
 ones (the fleet at 1,000 members, cold starts of 20 and 30 machines, the fault suite, the VIP
 under loss, the attacks, the systemd lab). A headline is a line in which a benchmark states a
-figure beside its baseline or target (it contains "target", "baseline" or "ratio", or starts
-with "scale "); docs/performance.md holds the figures, their baselines, date and command.
+figure beside its baseline or target (it contains "target", "baseline" or "ratio"), a
+benchmark's own figure line (footprint, scale, VIP loss, lab, sim, ...), or a row of the fault
+and attack tables; docs/performance.md holds the figures, their baselines, date and command.
 
     .venv/bin/python bench/all.py [--long] [--only footprint,startup]
 """
@@ -37,13 +38,27 @@ BENCHES: list[tuple[str, list[str], bool]] = [
     ("systemd_lab", ["bench/systemd_lab.py"], True),
 ]
 HEADLINE_WORDS = ("target", "baseline", "ratio")
+# Lines that carry a figure without one of those words: the footprint's own lines, the scale
+# and VIP-loss summaries, the lab's and the simulator's, the readyz probe's and discovery's own
+# figure, and the rows of the fault and attack tables (markdown).
+HEADLINE_PREFIXES = (
+    "scale ",
+    "footprint ",
+    "vip under ",
+    "lab ",
+    "sim:",
+    "readyz probe, kept",
+    "  k3snoded ",
+    "| ",
+)
 
 
 def headlines(output: str) -> list[str]:
     return [
         line.strip()
         for line in output.splitlines()
-        if any(w in line.lower() for w in HEADLINE_WORDS) or line.startswith("scale ")
+        if (any(w in line.lower() for w in HEADLINE_WORDS) or line.startswith(HEADLINE_PREFIXES))
+        and not line.startswith("| ---")
     ]
 
 

@@ -34,6 +34,7 @@ if str(ROOT) not in sys.path:
 
 from tests.lab import keepalived  # noqa: E402
 from tests.lab.netns import Lab, LabError, Machine, ip  # noqa: E402
+from tests.lab.test_vrrp_support import auth_args  # noqa: E402
 
 VIP = "198.18.0.100"
 PORT = 6443
@@ -140,6 +141,7 @@ def _start_ours(s: Setup) -> None:
         files.append(st)
         argv = [PY, "-m", "k3snoded.vrrp", "--interface", "eth0", "--vip", f"{VIP}/24"]
         argv += ["--priority", str(prio), "--advert-interval", "0.1", "--status-file", str(st)]
+        argv += auth_args(m)  # authenticated adverts, as the daemon sends them
         s.procs.append(m.spawn(argv, cwd=ROOT))
         if m is s.lab.machines[0]:
             _wait("n1 master", lambda: _holds(s.lab.machines[0]), 10)
