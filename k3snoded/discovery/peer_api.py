@@ -25,6 +25,7 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
+from k3snoded.config import DEFAULT_API_PORT as API_PORT
 from k3snoded.discovery.announcement import peer_from_fields, peer_to_fields
 from k3snoded.discovery.listener import limit_bodies, read_body
 from k3snoded.discovery.signing import (
@@ -181,7 +182,11 @@ def peer_routes(
 
 
 def base_url(url: str) -> str:
-    """``scheme://host:port`` of a seed URL; ValueError if it is not http(s) with a host."""
+    """``scheme://host:port`` of a seed: ``host``, ``host:port`` and ``[v6]:port`` (the forms
+    ``check-config`` accepts) are the peer API over http, on its default port when none is
+    given; ValueError if it is not http(s) with a host."""
+    if "://" not in url:
+        url = f"http://{url}" if url.startswith("[") or ":" in url else f"http://{url}:{API_PORT}"
     parsed = URL(url)
     if parsed.scheme not in ("http", "https") or not parsed.host:
         raise ValueError(f"seed {url!r} is not an http:// or https:// URL with a host")

@@ -231,6 +231,30 @@ async def test_closed_port_is_unreachable(caplog: pytest.LogCaptureFixture) -> N
     assert any("unreachable" in r.getMessage() for r in caplog.records)
 
 
+async def test_a_seed_written_as_host_port_is_asked_over_http(serve: Serve) -> None:
+    """check-config accepts ``host`` and ``host:port`` seeds (the example config says so): the
+    daemon must ask them, not fail on them."""
+    app, _ = peer_app()
+    url = await serve(app)
+    async with SeedDiscovery([url.removeprefix("http://")], KEY, "lab", local=N2) as seeds:
+        assert await seeds.refresh() == 1
+        assert seeds.peers() == {"n1": N1}
+
+
+@pytest.mark.parametrize(
+    ("seed", "want"),
+    [
+        ("198.18.0.5", "http://198.18.0.5:6480"),
+        ("node-1.lab", "http://node-1.lab:6480"),
+        ("198.18.0.5:7000", "http://198.18.0.5:7000"),
+        ("[fd00::5]:7000", "http://[fd00::5]:7000"),
+        ("https://n1:7000/", "https://n1:7000"),
+    ],
+)
+def test_seed_forms_check_config_accepts(seed: str, want: str) -> None:
+    assert base_url(seed) == want
+
+
 @pytest.mark.parametrize("url", ["ftp://h:1", "http://", "http://h:1/path", "http://h:1/?q=1"])
 def test_bad_seed_urls(url: str) -> None:
     with pytest.raises(ValueError, match="seed"):
