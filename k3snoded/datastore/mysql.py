@@ -66,18 +66,35 @@ class MysqlDialect(Dialect):
             kw["unix_socket"] = ep.unix_socket
         else:
             kw["host"], kw["port"] = ep.host, ep.port
-        files = ep.mysql_ssl()
-        if files:
-            try:
+        context = self._tls_context()
+        if context is not None:
+            kw["ssl"] = context  # TLS required: no plain-text fallback
+        elif ep.param("tls").lower() == "false":
+            kw["ssl_disabled"] = True
+        return kw
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        """TLS as k3s has it for the same endpoint: kine's context from the datastore TLS files,
+        else go-sql-driver's ``tls=`` (``true``: verified against the system's roots,
+        ``skip-verify``: not verified, ``preferred`` or none: PyMySQL's opportunistic TLS)."""
+        files, mode = self.endpoint.mysql_ssl(), self.endpoint.param("tls").lower()
+        try:
+            if files:
                 context = ssl.create_default_context(cafile=files.get("ca"))
                 if "cert" in files:
                     context.load_cert_chain(files["cert"], files.get("key"))
-            except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
-                raise DatastoreRejected(
-                    f"{self.label}: cannot load the datastore TLS files: {e}"
-                ) from None
-            kw["ssl"] = context
-        return kw
+                return context
+        except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
+            raise DatastoreRejected(
+                f"{self.label}: cannot load the datastore TLS files: {e}"
+            ) from None
+        if mode in ("true", "1"):
+            return ssl.create_default_context()
+        if mode == "skip-verify":
+            context = ssl.create_default_context()
+            context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+            return context
+        return None
 
     def connect(self) -> Any:
         return pymysql.connect(**self._kwargs(self.endpoint.database))

@@ -103,6 +103,17 @@ async def test_preflight_tls_configured_but_not_possible_is_rejected(
         await ds.preflight()
 
 
+async def test_mysql_tls_true_in_the_endpoint_is_never_plain_text(target: Target) -> None:
+    # go-sql-driver's tls=true (what k3s does with the same endpoint): TLS verified against the
+    # system's roots, and an error when the server offers none; the daemon must not send the
+    # password in plain text where k3s would refuse to.
+    if target.backend != "mysql":
+        pytest.skip("tls= is a MySQL endpoint parameter")
+    ds = target.open(target.endpoint() + "?tls=true")
+    with pytest.raises(DatastoreRejected, match="TLS"):
+        await ds.preflight()
+
+
 async def test_preflight_missing_tls_file_is_rejected(target: Target, tmp_path: Path) -> None:
     no_sqlite(target)
     ds = target.open(target.endpoint(sslmode=None), ca_file=tmp_path / "absent.pem")
