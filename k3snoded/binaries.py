@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 VERSION_TIMEOUT = 20.0  # seconds for ``k3s --version``
 
 
-async def binary_version(binary: Path, timeout: float = VERSION_TIMEOUT) -> str:
+async def binary_version(binary: Path, limit: float = VERSION_TIMEOUT) -> str:
     """The release ``binary --version`` names; "" when it cannot be run or does not say."""
     try:
         proc = await asyncio.create_subprocess_exec(
@@ -49,7 +49,7 @@ async def binary_version(binary: Path, timeout: float = VERSION_TIMEOUT) -> str:
         log.debug("cannot run %s --version: %s", binary, err)
         return ""
     try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+        out, _ = await asyncio.wait_for(proc.communicate(), limit)
     except TimeoutError:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
