@@ -68,7 +68,7 @@ def evictable(pod: dict[str, Any]) -> bool:
 
 
 async def cordon(client: KubeClient, node: str, unschedulable: bool) -> str:
-    status, answer = await client.call(
+    status, _ = await client.call(
         "PATCH",
         f"/api/v1/nodes/{quote(node)}",
         {"spec": {"unschedulable": True if unschedulable else None}},
@@ -88,10 +88,10 @@ async def _pods_on(client: KubeClient, node: str) -> list[dict[str, Any]]:
     return [p for p in answer.get("items") or [] if isinstance(p, dict)]
 
 
-async def drain(client: KubeClient, node: str, timeout: float) -> DrainResult:
-    """Cordon ``node`` and evict its pods, for at most ``timeout`` seconds."""
+async def drain(client: KubeClient, node: str, limit: float) -> DrainResult:
+    """Cordon ``node`` and evict its pods, for at most ``limit`` seconds."""
     await cordon(client, node, True)
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + limit
     evicted: set[str] = set()
     retry_at: dict[str, float] = {}
     while True:
@@ -145,15 +145,15 @@ class KubeGateway:
         client = KubeClient(self._cfg(), api_url(self._cfg(), role), timeout=15.0)
         return client if await asyncio.to_thread(client.credentials) else None
 
-    async def run(self, op: str, node: str, timeout: float = 0.0, *, forward: bool = True) -> str:
+    async def run(self, op: str, node: str, limit: float = 0.0, *, forward: bool = True) -> str:
         """``op`` is cordon, uncordon or drain; a sentence saying what was done."""
         client = await self._local()
         if client is None:
             if not forward or self._remote is None:
                 raise KubeError("no ready local apiserver with the admin certificate here")
-            return await self._remote({"op": op, "node": node, "timeout": timeout})
+            return await self._remote({"op": op, "node": node, "timeout": limit})
         if op == "drain":
-            return (await drain(client, node, timeout)).sentence(node)
+            return (await drain(client, node, limit)).sentence(node)
         if op in ("cordon", "uncordon"):
             return await cordon(client, node, op == "cordon")
         raise KubeError(f"unknown operation {op!r}")

@@ -70,7 +70,7 @@ def test_drain_evicts_what_it_may_and_gives_up_in_time(k3s: Launcher, tmp_path: 
     cfg = Config(node=NodeConfig(name="s1"), k3s=K3sConfig(data_dir=n.data_dir))
     client = KubeClient(cfg, url)
     t0 = time.monotonic()
-    result = asyncio.run(drain(client, "s1", timeout=2.0))
+    result = asyncio.run(drain(client, "s1", limit=2.0))
     took = time.monotonic() - t0
     assert result.evicted == ("default/web-1",)
     assert result.left == ("default/db-1",)  # its budget allows no disruption
