@@ -2,14 +2,16 @@
 
 One JSON document per flag; each flag has exactly one kind of writer:
 
-| flag | written by | what |
-| --- | --- | --- |
-| ``ops/pause`` | the daemon an operator asked (CLI or signed peer request) | the fleet is paused: the coordinator makes no role changes |
-| ``ops/maint/<node>`` | the daemon an operator asked | ``<node>`` is (or is no longer) in maintenance |
-| ``ops/rollout`` | the coordinator only (holding a fresh coordinator lease) | a rolling k3s upgrade: its target, state and the machines allowed to upgrade now |
-| ``ops/upgrade/<node>`` | ``<node>`` itself | its progress towards the rollout's target: step, since, error |
-| ``ops/vip`` | the server that just took the VIP | who holds it (for the rollout's order; VRRP decides, not this) |
-| ``ops/switchover`` | the VIP holder that carried one out | the last switchover: who asked, from, to, the result |
+* ``ops/pause``: written by the daemon an operator asked (CLI or signed peer request); the
+  fleet is paused: the coordinator makes no role changes.
+* ``ops/maint/<node>``: written by the daemon an operator asked; ``<node>`` is (or is no
+  longer) in maintenance.
+* ``ops/rollout``: the coordinator only (holding a fresh coordinator lease); a rolling k3s
+  upgrade: its target, its state and the machines allowed to upgrade now.
+* ``ops/upgrade/<node>``: ``<node>`` itself; its progress towards the rollout's target.
+* ``ops/vip``: the server that just took the VIP; who holds it (for the rollout's order only:
+  VRRP decides who holds it, not this).
+* ``ops/switchover``: the VIP holder that carried one out; the last switchover.
 
 Times (``at``, ``since``) are the writer's wall clock, for people; no decision compares them
 across machines. Names longer than the flag column allows are replaced by a hash (the document
