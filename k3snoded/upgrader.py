@@ -15,9 +15,11 @@ Steps (``Progress.step``):
    without exiting (a readiness blip restarts the stable clock; an exit fails);
 6. ``uncordoning``: uncordoned, the VIP free to come back; then ``done``.
 
-A failure in 1-3 changes nothing on the machine: it is uncordoned and reports ``failed``. A
-failure in 5 is rolled back: the previous binary is put back and k3s restarted on it
-(``rolling-back``), then ``failed`` with the reason; the coordinator halts the rollout.
+A failure in 1-3 (the release cannot be downloaded or verified) changes nothing on the machine:
+it is uncordoned, the error is shown in its progress, and it tries again after a backoff
+(30 s doubling to 10 min) while the grant lasts. A failure in 5 is rolled back: the previous
+binary is put back and k3s restarted on it (``rolling-back``), then ``failed`` with the
+reason; the coordinator halts the rollout.
 Before step 4 a revoked grant (the target changed, the fleet paused) cancels the upgrade; from
 step 4 on it is finished whatever happens, since k3s is already down.
 """
@@ -41,6 +43,8 @@ log = logging.getLogger("k3snoded.upgrade")
 
 EARLY = ("", "granted", "vip", "draining", "downloading")  # nothing changed yet on the machine
 POLL = 0.25  # seconds between looks at the local k3s while waiting
+RETRY_FIRST = 30.0  # seconds before a failed download is tried again; doubles to RETRY_MAX
+RETRY_MAX = 600.0
 VIP_KEY = "upgrade"
 
 
@@ -129,8 +133,9 @@ class Upgrader:
             assert p is not None
             self._start(p.target, p)  # k3s was already down for it: finish, granted or not
         elif granted and r is not None and older(self.version, r.target):
-            if p is not None and p.target == r.target and p.step == STEP_DONE:
-                return  # done, but the binary says otherwise: not again (status shows it)
+            if p is not None and p.target == r.target and p.step in (STEP_DONE, STEP_FAILED):
+                return  # tried already: failed (the rollout halts), or done but the binary
+                # says otherwise (the status shows it); never again for this target
             resume = p if p is not None and p.target == r.target and p.step in EARLY else None
             self._start(r.target, resume)
 
@@ -157,7 +162,7 @@ class Upgrader:
         try:
             if step in EARLY:
                 log.info("upgrading k3s from %s to %s", old or "an unknown release", target)
-                await self._prepare(target, old, cfg)
+                await self._prepare_retrying(target, old, cfg)
                 step = "restarting"
             if step == "restarting":
                 await self._step(target, old, "restarting")
@@ -185,15 +190,28 @@ class Upgrader:
             self.ctl.vip_back()
             await self._step(target, old, STEP_DONE)
             log.info("k3s upgraded from %s to %s", old or "an unknown release", target)
-        except Failed as exc:  # before anything changed on the machine
-            await self._undo_early(cfg)
-            await self._step(target, old, STEP_FAILED, str(exc))
-            log.error("upgrade to %s failed: %s; nothing was changed", target, exc)
         except asyncio.CancelledError:
-            await asyncio.shield(self._undo_early(cfg))
+            if self.progress is None or self.progress.step in EARLY:
+                await asyncio.shield(self._undo_early(cfg))
             raise
         finally:
             self.ctl.resume()
+
+    async def _prepare_retrying(self, target: str, old: str, cfg: Config) -> None:
+        """Steps 1-3; a failure there (the release cannot be downloaded or verified) changed
+        nothing on the machine and is retried with a backoff, the error in the progress."""
+        delay = RETRY_FIRST
+        while True:
+            try:
+                await self._prepare(target, old, cfg)
+                return
+            except Failed as exc:
+                await self._undo_early(cfg)
+                await self._step(target, old, "downloading", str(exc))
+                log.error("upgrade to %s: %s; nothing changed; trying again in %.0f s",
+                          target, exc, delay)  # fmt: skip
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
 
     async def _prepare(self, target: str, old: str, cfg: Config) -> None:
         await self._step(target, old, "vip")

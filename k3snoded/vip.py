@@ -171,14 +171,14 @@ class VipKeeper:
     def hold(self, key: str, why: str) -> None:
         """Keep the VIP off this machine until ``release(key)``: a holder releases it at once
         (priority-0 advert: the best backup takes over), a backup never takes it."""
-        if key not in self._holds:
+        if key not in self._holds and self._speaker is not None:
             log.info("VIP held away from this machine: %s", why)
         self._holds[key] = why
         self.health(self._healthy)
 
     def release(self, key: str) -> None:
         if self._holds.pop(key, None) is not None:
-            if not self._holds:
+            if not self._holds and self._speaker is not None:
                 log.info("VIP no longer held away from this machine")
             self.health(self._healthy)
 
