@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -91,14 +90,14 @@ async def _pods_on(client: KubeClient, node: str) -> list[dict[str, Any]]:
 async def drain(client: KubeClient, node: str, limit: float) -> DrainResult:
     """Cordon ``node`` and evict its pods, for at most ``limit`` seconds."""
     await cordon(client, node, True)
-    deadline = time.monotonic() + limit
+    deadline = _now() + limit
     evicted: set[str] = set()
     retry_at: dict[str, float] = {}
     while True:
         pods = [p for p in await _pods_on(client, node) if evictable(p)]
         if not pods:
             return DrainResult(tuple(sorted(evicted)), ())
-        now = time.monotonic()
+        now = _now()
         if now >= deadline:
             return DrainResult(tuple(sorted(evicted)), tuple(sorted(_name(p) for p in pods)))
         for pod in pods:
@@ -120,7 +119,7 @@ async def drain(client: KubeClient, node: str, limit: float) -> DrainResult:
                 log.info("eviction of %s refused for now: %s", name, answer.get("message", ""))
             else:
                 raise KubeError(f"eviction of {name}: HTTP {status}: {answer.get('message', '')}")
-        await asyncio.sleep(min(POLL, max(0.0, deadline - time.monotonic())))
+        await asyncio.sleep(min(POLL, max(0.0, deadline - _now())))
 
 
 class KubeGateway:
@@ -157,3 +156,8 @@ class KubeGateway:
         if op in ("cordon", "uncordon"):
             return await cordon(client, node, op == "cordon")
         raise KubeError(f"unknown operation {op!r}")
+
+
+def _now() -> float:
+    """The event loop's clock (the simulator's virtual time under tests/sim)."""
+    return asyncio.get_running_loop().time()

@@ -283,11 +283,9 @@ class FleetRoles(RoleSource):
             unready_after=self.cfg.k3s.ready_timeout,
             avoid=frozenset(n for n, t in self._failed_until.items() if t > _now()),
         )
-        if self.ops is not None:
-            if self.ops.paused:
-                return  # paused by an operator: no role changes (the VIP still follows health)
-            inp = self.ops.election_input(inp)
-        d = decide(inp)
+        if self.ops is not None and not await self.ops.may_decide():
+            return  # paused by an operator: no role changes (the VIP still follows health)
+        d = self.ops.decide(inp) if self.ops is not None else decide(inp)
         if d.roles != self.assigned:
             if await self.ds.assign_roles(d.roles, self.me):
                 for name in d.failed:

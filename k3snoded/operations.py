@@ -8,10 +8,10 @@ decision each:
   start or resume this machine's upgrade (``upgrader.py``) and its maintenance
   (``maintenance.py``);
 * ``ineligible``: a machine in maintenance says so in its heartbeat: the coordinator gives its
-  server seat to another, and it keeps its own k3s server until that one is ready
-  (``override``, as ``k3snoded leave`` does);
-* ``paused``: the coordinator makes no role changes;
-* ``election_input``: the version-skew rule, and no demotion of a server being upgraded;
+  server seat to another, and it keeps its own k3s server until that one is ready and it is
+  drained (``override``, as ``k3snoded leave`` does); then its k3s stops: out of service;
+* ``may_decide``: not while paused (the coordinator makes no role changes);
+* ``decide``: the election under the version-skew rule, no demotion of a server being upgraded;
 * ``override``: the role the loop applies while the upgrader has k3s stopped on purpose.
 
 Flags are read at most once a cycle: every cycle while something is under way here (this
@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from k3snoded.election import ElectionInput
 from k3snoded.maintenance import MaintenanceRunner
-from k3snoded.model import InstallMode, Role
+from k3snoded.model import Decision, InstallMode, Role
 from k3snoded.opsstate import (
     MAINT_PREFIX,
     PAUSE,
@@ -52,7 +52,7 @@ from k3snoded.opsstate import (
     parse,
 )
 from k3snoded.roles import Wanted
-from k3snoded.rollout import RolloutInput, adjust_election, plan
+from k3snoded.rollout import RolloutInput, decide_with_skew, plan
 from k3snoded.switchover import Ask, Outcome, Target, hand_over
 from k3snoded.upgrader import Binary, Kube, Upgrader
 from k3snoded.versions import older
@@ -64,6 +64,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("k3snoded.operations")
 
 READ_EVERY = 5  # cycles between reads of the flags at rest (15 s with the defaults)
+MAINTENANCE_REASON = "maintenance: out of service (k3snoded maintenance off to return)"
 
 
 class Operations:
@@ -83,8 +84,10 @@ class Operations:
         self._clock = clock
         self.view = OpsView()
         self._read_due = True
+        self._read_once = False
         self._cycles = 0
         self._down_why = ""
+        self._before: Wanted | None = None
         self._pending: dict[str, str] = {}  # flag writes the datastore has not taken yet
         self._tasks: set[asyncio.Task[Any]] = set()
         self._vip_recorded = False
@@ -111,36 +114,64 @@ class Operations:
 
     @property
     def ineligible(self) -> bool:
-        return self.view.in_maintenance(self.me)
+        """In maintenance (once it began: not while k3s is down for an upgrade)."""
+        return self.maintenance.on
 
-    @property
-    def paused(self) -> bool:
-        return self.view.paused
+    async def may_decide(self) -> bool:
+        """Whether the coordinator may make role changes now: not while paused. A daemon that
+        has not read the flags yet (it just started, or just became coordinator after an
+        outage) reads them first, so a pause is never missed by a new coordinator."""
+        if not self._read_once:
+            await self._read()
+        return not self.view.paused
 
-    def election_input(self, inp: ElectionInput) -> ElectionInput:
+    def decide(self, inp: ElectionInput) -> Decision:
+        """``election.decide`` under the version-skew rule and the rollout (``rollout.py``)."""
         r = self.view.rollout
-        upgrading = r.grants if r is not None and r.state == RUNNING else ()
-        return adjust_election(inp, self.roles.versions, upgrading)
+        if r is None or r.state != RUNNING:
+            return decide_with_skew(inp, self.roles.versions, (), "")
+        return decide_with_skew(inp, self.roles.versions, r.grants, r.target)
 
     def override(self, mine: Role | None) -> Wanted | None:
         roles = self.roles
         if self._down_why:
             return Wanted(Role.NONE, "", self._down_why)
-        if (
-            self.ineligible
-            and roles.wanted.role is Role.SERVER
-            and mine is not Role.SERVER
-            and not roles._handed_over()
-        ):
+        if mine is Role.AGENT and not self.ineligible:
+            return self._skew_wait()
+        if not self.ineligible or mine is Role.SERVER:
+            return None
+        # In maintenance: keep what runs until drained, and a server until its replacement
+        # is ready; then out of service (k3s stopped) until `k3snoded maintenance off`.
+        if not self.maintenance.drained:
+            return roles.wanted if roles.wanted.role is not Role.NONE else None
+        if roles.wanted.role is Role.SERVER and not roles._handed_over():
             why = "maintenance: keeping the k3s server until a replacement is ready"
             return Wanted(Role.SERVER, roles.wanted.registration, why)
+        return Wanted(Role.NONE, "", MAINTENANCE_REASON)
+
+    def _skew_wait(self) -> Wanted | None:
+        """No agent newer than a server (k3s's version-skew rule): a machine upgraded before it
+        was cut off or frozen, and demoted meanwhile, waits for the servers to catch up (the
+        rollout upgrades them) rather than run an agent newer than one of them."""
+        dead_after = self.roles.cfg.coordination.dead_after
+        for m in self.roles.members:
+            v = self.roles.versions.get(m.name, "")
+            if (
+                self.roles.assigned.get(m.name) is Role.SERVER
+                and m.heartbeat_age <= dead_after
+                and older(v, self.version)
+            ):
+                why = (
+                    f"agent waits: server {m.name} runs k3s {v}, older than this machine's "
+                    f"{self.version} (k3s's version-skew rule)"
+                )
+                return Wanted(Role.NONE, "", why)
         return None
 
     async def after_cycle(self) -> None:
         await self._flush()
         if self._read_needed():
-            self.view = parse(await self.roles.ds.flags())
-            self._read_due, self._cycles = False, 0
+            await self._read()
         else:
             self._cycles += 1
         if self.roles.is_coordinator:
@@ -148,6 +179,11 @@ class Operations:
         await self._record_vip()
         self.upgrader.tick(self.view)
         self.maintenance.tick()
+
+    def tasks(self) -> list[asyncio.Task[Any]]:
+        """Every task this component runs (the simulator ends them when a daemon dies)."""
+        own = [self.upgrader.task, self.maintenance.task]
+        return [t for t in (*own, *self._tasks) if t is not None and not t.done()]
 
     async def stop(self) -> None:
         await self.upgrader.stop()
@@ -160,14 +196,24 @@ class Operations:
     def child(self) -> ChildStatus:
         return self.roles.supervisor.status
 
-    def hold_down(self, why: str) -> None:
+    async def hold_down(self, why: str) -> None:
+        """Stop k3s now, whatever the loop is doing (it may be waiting out a datastore
+        outage); the loop keeps it stopped until ``resume``."""
+        if not self._down_why:
+            self._before = self.roles.wanted
         self._down_why = why
+        await self.roles.apply(Wanted(Role.NONE, "", why))
         self.roles.wake()
 
-    def resume(self) -> None:
-        if self._down_why:
-            self._down_why = ""
-            self.roles.wake()
+    async def resume(self) -> None:
+        """Start k3s again in the role it had (the loop corrects it if that changed)."""
+        if not self._down_why:
+            return
+        self._down_why = ""
+        before = self._before
+        if before is not None and before.role is not Role.NONE:
+            await self.roles.apply(before, force=True)
+        self.roles.wake()
 
     async def vip_away(self) -> str:
         r = self.view.rollout
@@ -179,6 +225,10 @@ class Operations:
         self.roles.vip.release("upgrade")
 
     # ---- reading and writing the flags --------------------------------------------------------
+    async def _read(self) -> None:
+        self.view = parse(await self.roles.ds.flags())
+        self._read_due, self._read_once, self._cycles = False, True, 0
+
     def _read_needed(self) -> bool:
         if self._read_due or self._cycles + 1 >= READ_EVERY:
             return True

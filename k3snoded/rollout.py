@@ -16,8 +16,8 @@ member table, and says what the document should now be, with one sentence:
 * nothing is granted while the fleet is paused or to a machine in maintenance;
 * never a downgrade: only machines older than the target are touched.
 
-``adjust_election`` keeps the version-skew rule in the coordinator's decisions: a machine
-older than the newest agent is not promoted to server (the one already a server keeps its seat),
+``decide_with_skew`` keeps the version-skew rule in the coordinator's decisions: a machine
+older than an agent-to-be is not promoted to server (the one already a server keeps its seat),
 and a machine being upgraded is not demoted for its k3s being down on purpose.
 """
 
@@ -27,8 +27,8 @@ import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from k3snoded.election import ElectionInput
-from k3snoded.model import Member, Role
+from k3snoded.election import ElectionInput, decide
+from k3snoded.model import Decision, Member, Role
 from k3snoded.opsstate import (
     DONE,
     HALTED,
@@ -104,6 +104,9 @@ def plan(inp: RolloutInput) -> RolloutDecision:
         elif name not in live:
             grants.remove(name)
             said.append(f"skipped {name} for now: its heartbeat stopped")
+        elif name in inp.maintenance and step in ("", "granted", "vip", "draining", "downloading"):
+            grants.remove(name)
+            said.append(f"skipped {name} for now: in maintenance")
     state = RUNNING
     if not grants and not inp.paused:
         grants, why = _next(inp, live, behind)
@@ -150,27 +153,39 @@ def _next(
     return [], ""
 
 
-def adjust_election(
-    inp: ElectionInput, versions: Mapping[str, str], upgrading: Sequence[str]
-) -> ElectionInput:
-    """The version-skew rule and the rollout in the coordinator's election input."""
-    live_agents = [
-        m.name
-        for m in inp.members
-        if m.heartbeat_age <= inp.dead_after
-        and inp.assigned.get(m.name) is Role.AGENT
-        and m.role is Role.AGENT
-    ]
-    top = newest([versions.get(n, "") for n in live_agents])
-    members = list(inp.members)
-    if top is not None:
-        members = [
-            dataclasses.replace(m, eligible=False)
-            if m.eligible
-            and inp.assigned.get(m.name) is not Role.SERVER
-            and older(versions.get(m.name, ""), top)
-            else m
-            for m in members
-        ]
+def decide_with_skew(
+    inp: ElectionInput, versions: Mapping[str, str], upgrading: Sequence[str], target: str
+) -> Decision:
+    """``election.decide`` keeping k3s's version-skew rule: a machine older than a live machine
+    that will be an agent (one already assigned agent, or a server this very decision demotes)
+    is not promoted to server; the servers already seated keep their seats. An agent granted
+    an upgrade counts as already on ``target`` (its heartbeat says so only once its binary is
+    swapped); a candidate counts as what it runs. A machine being upgraded is not demoted for
+    its k3s being down on purpose."""
+    effective = dict(versions)
+    for name in upgrading:
+        if older(effective.get(name, ""), target):
+            effective[name] = target
     unready = {n: t for n, t in inp.unready.items() if n not in upgrading}
-    return dataclasses.replace(inp, members=members, unready=unready)
+    inp = dataclasses.replace(inp, unready=unready)
+    live = {m.name for m in inp.members if m.heartbeat_age <= inp.dead_after}
+    barred: set[str] = set()
+    d = decide(inp)
+    for _ in range(len(inp.members) + 1):
+        agents = [n for n in live if d.roles.get(n) is not Role.SERVER]
+        top = newest([effective.get(n, "") for n in agents])
+        new = {
+            n
+            for n, role in d.roles.items()
+            if role is Role.SERVER
+            and inp.assigned.get(n) is not Role.SERVER
+            and top is not None
+            and older(versions.get(n, ""), top)
+        }
+        if not new - barred:
+            return d
+        barred |= new
+        members = [dataclasses.replace(m, eligible=False) if m.name in barred else m
+                   for m in inp.members]  # fmt: skip
+        d = decide(dataclasses.replace(inp, members=members))
+    return d

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -99,17 +98,17 @@ async def hand_over(
         refusals.append(f"{target.name}: {answer.get('why', 'refused')}")
     if refusals:
         log.warning("switchover: %s", "; ".join(refusals))
-    t0 = time.monotonic()
+    t0 = _now()
     vip.hold(key, why)
     deadline = t0 + WAIT_TAKEOVER
     new = ""
-    while time.monotonic() < deadline:
+    while _now() < deadline:
         master = vip.master
         if master and not _holds(vip):
             new = master
             break
         await asyncio.sleep(0.005)
-    took = time.monotonic() - t0
+    took = _now() - t0
     if not keep_away:
         vip.release(key)
     if chosen is not None and ask is not None:
@@ -127,3 +126,8 @@ async def hand_over(
 def _holds(vip: Vip) -> bool:
     """Read afresh each time (the speaker changes it between two reads)."""
     return vip.holds
+
+
+def _now() -> float:
+    """The event loop's clock (the simulator's virtual time under tests/sim)."""
+    return asyncio.get_running_loop().time()

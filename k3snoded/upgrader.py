@@ -70,9 +70,9 @@ class K3sControl(Protocol):
     @property
     def child(self) -> ChildStatus: ...
 
-    def hold_down(self, why: str) -> None: ...
+    async def hold_down(self, why: str) -> None: ...
 
-    def resume(self) -> None: ...
+    async def resume(self) -> None: ...
 
     async def vip_away(self) -> str: ...
 
@@ -110,6 +110,16 @@ class Upgrader:
     @property
     def busy(self) -> bool:
         return self.task is not None and not self.task.done()
+
+    @property
+    def early(self) -> bool:
+        """Nothing changed on the machine yet (it may still be cancelled)."""
+        return self.progress is None or self.progress.step in EARLY
+
+    def cancel(self) -> None:
+        if self.busy and self.early:
+            assert self.task is not None
+            self.task.cancel()
 
     def tick(self, view: OpsView) -> None:
         """Start, resume or cancel this machine's upgrade from what the flags say."""
@@ -171,7 +181,18 @@ class Upgrader:
                         await self.binary.stage(target)
                     await self.binary.swap()
                 self.version = await self.binary.version()
-                await self._restart(f"upgrading k3s to {target}: restarting it on the new binary")
+                try:
+                    await self._restart(
+                        f"upgrading k3s to {target}: restarting it on the new binary"
+                    )
+                except Failed as exc:  # the old k3s still runs: put its binary back
+                    await self.binary.restore()
+                    self.version = await self.binary.version()
+                    await self._uncordon(cfg)
+                    self.ctl.vip_back()
+                    await self._step(target, old, STEP_FAILED, str(exc))
+                    log.error("upgrade to %s failed: %s", target, exc)
+                    return
                 step = "starting"
             if step in ("starting", "rolling-back"):
                 if step == "starting":
@@ -195,7 +216,7 @@ class Upgrader:
                 await asyncio.shield(self._undo_early(cfg))
             raise
         finally:
-            self.ctl.resume()
+            await asyncio.shield(self.ctl.resume())
 
     async def _prepare_retrying(self, target: str, old: str, cfg: Config) -> None:
         """Steps 1-3; a failure there (the release cannot be downloaded or verified) changed
@@ -230,22 +251,26 @@ class Upgrader:
             raise Failed(f"cannot install k3s {target}: {exc}") from exc
 
     async def _restart(self, why: str) -> None:
-        """Stop k3s, then start it again (on whatever k3s.binary is now)."""
+        """Stop k3s (the old process must be gone), then start it again, on whatever
+        k3s.binary is now; Failed when it did not stop."""
         cfg = self._cfg()
-        self.ctl.hold_down(why)
-        deadline = time.monotonic() + cfg.k3s.stop_timeout + 20.0
-        while self.ctl.child.pid is not None and time.monotonic() < deadline:  # noqa: ASYNC110
+        await self.ctl.hold_down(why)
+        deadline = _now() + cfg.k3s.stop_timeout + 20.0
+        while self.ctl.child.pid is not None and _now() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(POLL)  # (the supervisor's status is polled, like the probes)
-        self.ctl.resume()
+        stopped = self.ctl.child.pid is None
+        await self.ctl.resume()
+        if not stopped:
+            raise Failed(f"k3s did not stop within {cfg.k3s.stop_timeout + 20.0:g} s")
 
     async def _ready_and_stable(self, cfg: Config) -> None:
         """Ready within k3s.ready_timeout, then ready for upgrade.stable_for without an exit."""
-        deadline = time.monotonic() + cfg.k3s.ready_timeout + cfg.upgrade.stable_for
+        deadline = _now() + cfg.k3s.ready_timeout + cfg.upgrade.stable_for
         restarts = self.ctl.child.restarts
         stable_since: float | None = None
         while True:
             child = self.ctl.child
-            now = time.monotonic()
+            now = _now()
             if child.restarts != restarts:
                 raise Failed(f"k3s {self.version} exited ({child.message})")
             if child.ready:
@@ -267,8 +292,8 @@ class Upgrader:
         cfg = self._cfg()
         if await self.binary.restore():
             self.version = await self.binary.version()
-            await self._restart(f"rolling k3s back to {old}")
             try:
+                await self._restart(f"rolling k3s back to {old}")
                 await self._ready_and_stable(cfg)
                 outcome = f"{why}; rolled back to {old}"
             except Failed as exc:
@@ -298,3 +323,8 @@ class Upgrader:
         with contextlib.suppress(Exception):
             await self._uncordon(cfg)
         self.ctl.vip_back()
+
+
+def _now() -> float:
+    """The event loop's clock (the simulator's virtual time under tests/sim)."""
+    return asyncio.get_running_loop().time()

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from tests.sim.world import SimMachine
 
 LEADER_ELECTION_LOSS = 15.0  # a real k3s server exits 255 this long after losing its datastore
+OLD, NEW, BAD = "v1.31.4+k3s1", "v1.31.5+k3s1", "v1.31.6+k3s1"  # BAD: a build that panics
 
 
 @dataclass(eq=False)
@@ -41,6 +42,7 @@ class Proc:
     started: float
     config_version: int
     first_start: bool  # a server started while the cluster had no bootstrap data
+    version: str = OLD  # the release of the binary it was started from
     state: str = "starting"  # starting | ready | stopping | exited
     exit_status: int | None = None
 
@@ -60,6 +62,9 @@ class K3sHost:
         self.machine = machine
         self.proc: Proc | None = None
         self.fault = "none"  # none | never_ready | crash_loop
+        self.installed = OLD  # the release at k3s.binary; .next and .previous beside it
+        self.staged = ""
+        self.previous = ""
         self.slow_stop = False
         self._watchers: list[Callable[[Proc], None]] = []  # told when a process changes
         self._loss_timer: asyncio.TimerHandle | None = None
@@ -81,10 +86,13 @@ class K3sHost:
             world.now,
             self.machine.config_version,
             first_start=role is Role.SERVER and world.server.cluster_ca is None,
+            version=self.installed,
         )
         self.proc = proc
         world.trace(self.machine.name, f"k3s {role.value} started (pid {proc.pid})")
-        if self.fault == "crash_loop":
+        if proc.version == BAD:  # panics at once (exit 2)
+            self.machine.later_k3s(world.rng.uniform(0.05, 0.3), self._exit, proc, 2)
+        elif self.fault == "crash_loop":
             self.machine.later_k3s(world.rng.uniform(1.0, 3.0), self._exit, proc, 1)
         else:
             delay = world.rng.uniform(3.0, 8.0) if role is Role.SERVER else world.rng.uniform(1, 3)
@@ -294,3 +302,42 @@ class SupervisorModel:
         )
         for cb in list(self._callbacks):
             cb(self._status)
+
+
+class SimBinary:
+    """``upgrader.Binary`` over a ``K3sHost``: staging takes a download's time."""
+
+    def __init__(self, host: K3sHost) -> None:
+        self.host = host
+
+    async def version(self) -> str:
+        return self.host.installed
+
+    async def stage(self, version: str) -> None:
+        await asyncio.sleep(self.host.machine.world.rng.uniform(0.2, 3.0))
+        self.host.staged = version
+
+    async def staged(self) -> str:
+        return self.host.staged
+
+    async def swap(self) -> None:
+        host = self.host
+        host.previous, host.installed, host.staged = host.installed, host.staged, ""
+
+    async def restore(self) -> bool:
+        host = self.host
+        if not host.previous:
+            return False
+        host.installed, host.previous = host.previous, ""
+        return True
+
+
+class SimKube:
+    """``upgrader.Kube``: cordon, drain and uncordon take a moment; no pods are modelled."""
+
+    def __init__(self, machine: SimMachine) -> None:
+        self.machine = machine
+
+    async def run(self, op: str, node: str, limit: float = 0.0, *, forward: bool = True) -> str:
+        await asyncio.sleep(self.machine.world.rng.uniform(0.01, min(2.0, max(limit, 0.1))))
+        return f"{op} {node}"

@@ -29,7 +29,12 @@ KINDS = (
 WEIGHTS = (14, 12, 10, 6, 10, 10, 10, 8, 6, 6)
 # Fault kinds added later are drawn from a second stream of the seed, one generation each, so
 # that a seed's plan in an older generation (a regression seed in test_sim.py) stays the same.
-LATER_KINDS = (("die_mid_write", 0.08),)  # generation 2
+LATER_KINDS = (
+    ("die_mid_write", 0.08),  # generation 2
+    ("rollout", 0.25),  # generation 3: planned operations (issue 15)
+    ("maintenance", 0.15),  # generation 4
+    ("pause", 0.12),  # generation 5
+)
 GENERATION = 1 + len(LATER_KINDS)
 
 
@@ -59,6 +64,10 @@ class Fault:
             "sighup": f"SIGHUP everywhere: {self.how} changed to {self.arg:g}",
             "die_mid_write": "a server crashes; the coordinator crashes in the middle of its "
             f"next role write (both back after {self.duration:.1f} s)",
+            "rollout": "k3s.version changed everywhere (SIGHUP): a rolling upgrade to "
+            + ("a new release" if self.how == "good" else "a release that panics at start"),
+            "maintenance": f"machine put in maintenance for {self.duration:.1f} s",
+            "pause": f"fleet paused for {self.duration:.1f} s",
         }[self.kind]
         return what
 
@@ -98,6 +107,8 @@ class Plan:
         out (TTL + stop_timeout), a k3s restart's backoff, its start, and a broken k3s
         demoted after ready_timeout."""
         bound = self.dead_after + 3 * self.lease_ttl + self.stop_timeout + self.backoff_max + 15
+        if any(f.kind == "rollout" for f in self.faults):
+            bound += 30.0 * self.machines  # one machine at a time: start, ready, stable
         if any(f.kind == "k3s_broken" for f in self.faults) or any(
             k != "none" for k in self.k3s_faults
         ):
@@ -204,6 +215,12 @@ def _fault(rng: random.Random, kind: str, at: float, n: int) -> Fault:
         return Fault(at, kind, one, how=rng.choice(("never_ready", "crash_loop")))
     if kind == "die_mid_write":
         return Fault(at, kind, one, rng.uniform(20.0, 60.0))
+    if kind == "rollout":
+        return Fault(at, kind, None, how="good" if rng.random() < 0.8 else "bad")
+    if kind == "maintenance":
+        return Fault(at, kind, one, rng.uniform(10.0, 60.0))
+    if kind == "pause":
+        return Fault(at, kind, None, rng.uniform(5.0, 40.0))
     how = rng.choice(("count", "labels"))
     arg = float(rng.randint(1, 3)) if how == "count" else float(rng.randint(1, 99))
     return Fault(at, "sighup", None, arg=arg, how=how)

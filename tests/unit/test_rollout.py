@@ -7,7 +7,7 @@ import dataclasses
 from k3snoded.election import ElectionInput, decide
 from k3snoded.model import Member, Role, RolePreference
 from k3snoded.opsstate import DONE, HALTED, RUNNING, Progress, Rollout
-from k3snoded.rollout import RolloutInput, adjust_election, plan
+from k3snoded.rollout import RolloutInput, decide_with_skew, plan
 
 OLD, NEW = "v1.31.4+k3s1", "v1.31.5+k3s1"
 
@@ -156,7 +156,7 @@ def test_the_election_keeps_the_skew_rule_and_spares_upgrading_servers() -> None
     versions = {"s1": NEW, "s2": NEW, "x": OLD, "a1": NEW}
     members[1] = dataclasses.replace(members[1], heartbeat_age=60.0)  # s2 died
     inp = ElectionInput(members, assigned, count=2, dead_after=10.0)
-    d = decide(adjust_election(inp, versions, ()))
+    d = decide_with_skew(inp, versions, (), "")
     assert d.roles["x"] is Role.AGENT  # older than an agent: not promoted
     assert d.roles["a1"] is Role.SERVER
     assert d.roles["s1"] is Role.SERVER
@@ -170,4 +170,46 @@ def test_the_election_keeps_the_skew_rule_and_spares_upgrading_servers() -> None
         unready_after=300.0,
     )
     assert decide(inp).roles["s1"] is Role.AGENT  # without the rollout: demoted
-    assert decide(adjust_election(inp, {}, ("s1",))).roles["s1"] is Role.SERVER
+    assert decide_with_skew(inp, {}, ("s1",), NEW).roles["s1"] is Role.SERVER
+
+
+def test_an_agent_being_upgraded_counts_as_on_the_target() -> None:
+    """Found by the simulator (seed 102, generation 3): an agent granted its upgrade reported
+    the old release (its binary not yet swapped, its k3s restarting: role none), so a machine
+    on the old release returning from a crash was promoted to server under the new agent."""
+    a1 = dataclasses.replace(_m("a1", role=Role.NONE), eligible=False)  # node.role agent
+    members = [_m("s1"), _m("back", role=Role.AGENT), a1]
+    assigned = {"s1": Role.SERVER, "back": Role.AGENT, "a1": Role.AGENT}
+    versions = {"s1": NEW, "back": OLD, "a1": OLD}
+    inp = ElectionInput(members, assigned, count=2, dead_after=10.0)
+    assert decide_with_skew(inp, versions, (), "").roles["back"] is Role.SERVER
+    assert decide_with_skew(inp, versions, ("a1",), NEW).roles["back"] is Role.AGENT
+
+
+def test_a_server_demoted_now_counts_as_an_agent_for_the_skew_rule() -> None:
+    """Found by the simulator (seed 586, generation 5): the only server, already upgraded, went
+    into maintenance, and an agent on the old release was promoted in its place: the upgraded
+    machine then ran as an agent newer than the server."""
+    s1 = dataclasses.replace(_m("s1"), eligible=False)  # in maintenance
+    members = [s1, _m("a1", role=Role.AGENT), _m("a2", role=Role.AGENT)]
+    assigned = {"s1": Role.SERVER, "a1": Role.AGENT, "a2": Role.AGENT}
+    versions = {"s1": NEW, "a1": OLD, "a2": NEW}
+    inp = ElectionInput(members, assigned, count=1, dead_after=10.0)
+    assert decide(inp).roles["a1"] is Role.SERVER  # by name, without the rule
+    d = decide_with_skew(inp, versions, (), "")
+    assert d.roles["a2"] is Role.SERVER and d.roles["a1"] is Role.AGENT
+    versions["a2"] = OLD  # nobody is as new as s1: nobody is promoted under it
+    d = decide_with_skew(inp, versions, (), "")
+    assert [n for n, r in d.roles.items() if r is Role.SERVER] == []
+
+
+def test_a_candidate_being_upgraded_counts_as_what_it_runs() -> None:
+    """Found by the simulator (seed 102 again): an agent granted its upgrade (still on the old
+    release) was promoted while another agent already ran the new one."""
+    a2 = dataclasses.replace(_m("a2", role=Role.AGENT), eligible=False)
+    members = [_m("s1"), _m("a1", role=Role.AGENT), a2]
+    assigned = {"s1": Role.SERVER, "a1": Role.AGENT, "a2": Role.AGENT}
+    versions = {"s1": NEW, "a1": OLD, "a2": NEW}
+    inp = ElectionInput(members, assigned, count=2, dead_after=10.0)
+    d = decide_with_skew(inp, versions, ("a1",), NEW)
+    assert d.roles["a1"] is Role.AGENT  # promoted once it runs NEW, not before
