@@ -95,6 +95,11 @@ class Daemon:
             },
             "registration": wanted.registration,
             "decision": wanted.reason,
+            "limits": {
+                "servers_wanted": self.cfg.servers.count,
+                "lease_ttl": self.cfg.coordination.lease_ttl,
+                "vip": self.cfg.registration.vip.enabled and bool(self.cfg.registration.address),
+            },
         }
         out.update(self.roles.status())
         return out

@@ -575,6 +575,7 @@ class FleetRoles(RoleSource):
                 "ready": m.ready,
                 "heartbeat_age": round(m.heartbeat_age, 2),
                 "alive": m.heartbeat_age <= self.cfg.coordination.dead_after,
+                "eligible": m.eligible,
             }
             for m in sorted(self.members, key=lambda m: m.name)
         ]
