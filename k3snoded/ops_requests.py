@@ -96,12 +96,14 @@ async def _switchover(ops: Operations, req: dict[str, Any], who: str) -> dict[st
     outcome = await ops.switch_away(
         "switchover", f"switchover asked by {who}", to=to, prefer=prefer
     )
+    # Outcome.to is the new master's address; the record names the machine.
+    names = {m.address: m.name for m in roles.members}
     doc = Switchover(
         id=os.urandom(6).hex(),
         by=who,
         at=ops._clock(),
         from_node=ops.me,
-        to_node=outcome.to,
+        to_node=names.get(outcome.to, outcome.to),
         result=outcome.sentence,
     )
     await ops.write_switchover(doc)
