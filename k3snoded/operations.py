@@ -153,20 +153,26 @@ class Operations:
         """No agent newer than a server (k3s's version-skew rule): a machine upgraded before it
         was cut off or frozen, and demoted meanwhile, waits for the servers to catch up (the
         rollout upgrades them) rather than run an agent newer than one of them."""
-        dead_after = self.roles.cfg.coordination.dead_after
-        for m in self.roles.members:
-            v = self.roles.versions.get(m.name, "")
+        why = self.skew_blocks(self.version)
+        return Wanted(Role.NONE, "", f"agent waits: {why}") if why else None
+
+    def skew_blocks(self, version: str) -> str:
+        """Why this machine, an agent, may not run k3s ``version`` now: a live server runs an
+        older release (k3s's version-skew rule); "" when it may (or it is a server)."""
+        roles = self.roles
+        if roles.assigned.get(self.me) is Role.SERVER:
+            return ""
+        dead_after = roles.cfg.coordination.dead_after
+        for m in roles.members:
+            v = roles.versions.get(m.name, "")
             if (
-                self.roles.assigned.get(m.name) is Role.SERVER
+                m.name != self.me
+                and roles.assigned.get(m.name) is Role.SERVER
                 and m.heartbeat_age <= dead_after
-                and older(v, self.version)
+                and older(v, version)
             ):
-                why = (
-                    f"agent waits: server {m.name} runs k3s {v}, older than this machine's "
-                    f"{self.version} (k3s's version-skew rule)"
-                )
-                return Wanted(Role.NONE, "", why)
-        return None
+                return f"server {m.name} runs k3s {v}, older than {version} (version-skew rule)"
+        return ""
 
     async def after_cycle(self) -> None:
         await self._flush()

@@ -42,6 +42,7 @@ FLAG_WIDTH = 64  # k3snoded_flags.name is VARCHAR(64)
 # Rollout states and the steps of one machine's upgrade.
 RUNNING, HALTED, DONE = "running", "halted", "done"
 STEP_DONE, STEP_FAILED = "done", "failed"
+EARLY = ("", "granted", "vip", "draining", "downloading")  # an upgrade's steps before k3s stops
 
 D = TypeVar("D")
 

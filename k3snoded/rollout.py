@@ -18,7 +18,8 @@ member table, and says what the document should now be, with one sentence:
 
 ``decide_with_skew`` keeps the version-skew rule in the coordinator's decisions: a machine
 older than an agent-to-be is not promoted to server (the one already a server keeps its seat),
-and a machine being upgraded is not demoted for its k3s being down on purpose.
+and a machine being upgraded is neither promoted (its release is not settled) nor demoted for
+its k3s being down on purpose.
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from k3snoded.election import ElectionInput, decide
-from k3snoded.model import Decision, Member, Role
+from k3snoded.model import Decision, Member, Role, RolePreference
 from k3snoded.opsstate import (
     DONE,
+    EARLY,
     HALTED,
     RUNNING,
     STEP_DONE,
@@ -104,9 +106,12 @@ def plan(inp: RolloutInput) -> RolloutDecision:
         elif name not in live:
             grants.remove(name)
             said.append(f"skipped {name} for now: its heartbeat stopped")
-        elif name in inp.maintenance and step in ("", "granted", "vip", "draining", "downloading"):
+        elif name in inp.maintenance and step in EARLY:
             grants.remove(name)
             said.append(f"skipped {name} for now: in maintenance")
+        elif step in EARLY and _agent_ahead_of_servers(inp, live, behind, name):
+            grants.remove(name)
+            said.append(f"{name} is an agent now: upgraded after every server")
     state = RUNNING
     if not grants and not inp.paused:
         grants, why = _next(inp, live, behind)
@@ -124,6 +129,17 @@ def plan(inp: RolloutInput) -> RolloutDecision:
     if new == inp.current:
         return RolloutDecision(None)
     return RolloutDecision(new, "; ".join(said))
+
+
+def _agent_ahead_of_servers(
+    inp: RolloutInput, live: Mapping[str, Member], behind: Callable[[str], bool], name: str
+) -> bool:
+    """A granted machine the election has made an agent (a server demoted since its grant),
+    while a live server still runs an older release: upgraded now, it could not run (k3s's
+    version-skew rule)."""
+    if inp.assigned.get(name) is Role.SERVER:
+        return False
+    return any(n != name and inp.assigned.get(n) is Role.SERVER and behind(n) for n in live)
 
 
 def _next(
@@ -160,17 +176,35 @@ def decide_with_skew(
     that will be an agent (one already assigned agent, or a server this very decision demotes)
     is not promoted to server; the servers already seated keep their seats. An agent granted
     an upgrade counts as already on ``target`` (its heartbeat says so only once its binary is
-    swapped); a candidate counts as what it runs. A machine being upgraded is not demoted for
-    its k3s being down on purpose."""
+    swapped). A machine being upgraded is neither promoted (its release is not settled) nor
+    demoted for its k3s being down on purpose."""
     effective = dict(versions)
     for name in upgrading:
         if older(effective.get(name, ""), target):
             effective[name] = target
     unready = {n: t for n, t in inp.unready.items() if n not in upgrading}
-    inp = dataclasses.replace(inp, unready=unready)
+    # A server being upgraded keeps its seat, ranked as a ready pinned one (servers.count
+    # lowered meanwhile demotes another): demoted, it could not run as an agent newer than
+    # the servers left.
+    seated = {n for n in upgrading if inp.assigned.get(n) is Role.SERVER}
     live = {m.name for m in inp.members if m.heartbeat_age <= inp.dead_after}
-    barred: set[str] = set()
-    d = decide(inp)
+    members = [dataclasses.replace(m, ready=True, preference=RolePreference.SERVER)
+               if m.name in seated else m for m in inp.members]  # fmt: skip
+    # An agent that stopped its k3s only for the skew rule (a live server runs an older
+    # release) could run as a server: a ready standby for a seat that fails.
+    old_servers = [versions.get(n, "") for n in live if inp.assigned.get(n) is Role.SERVER]
+    members = [dataclasses.replace(m, ready=True)
+               if m.name in live and m.eligible and not m.ready
+               and inp.assigned.get(m.name) is not Role.SERVER
+               and any(older(v, versions.get(m.name, "")) for v in old_servers)
+               else m for m in members]  # fmt: skip
+    inp = dataclasses.replace(inp, unready=unready, members=members)
+    # A machine being upgraded is not promoted: its release is settled only when its upgrade
+    # ends (it may yet be rolled back to an older one than the agents run).
+    barred = {n for n in upgrading if inp.assigned.get(n) is not Role.SERVER}
+    members = [dataclasses.replace(m, eligible=False) if m.name in barred else m
+               for m in inp.members]  # fmt: skip
+    d = decide(dataclasses.replace(inp, members=members))
     for _ in range(len(inp.members) + 1):
         agents = [n for n in live if d.roles.get(n) is not Role.SERVER]
         top = newest([effective.get(n, "") for n in agents])

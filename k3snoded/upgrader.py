@@ -35,13 +35,12 @@ from typing import Protocol
 
 from k3snoded.config import Config
 from k3snoded.errors import InstallError
-from k3snoded.opsstate import RUNNING, STEP_DONE, STEP_FAILED, OpsView, Progress
+from k3snoded.opsstate import EARLY, RUNNING, STEP_DONE, STEP_FAILED, OpsView, Progress
 from k3snoded.process import ChildStatus
 from k3snoded.versions import older
 
 log = logging.getLogger("k3snoded.upgrade")
 
-EARLY = ("", "granted", "vip", "draining", "downloading")  # nothing changed yet on the machine
 POLL = 0.25  # seconds between looks at the local k3s while waiting
 RETRY_FIRST = 30.0  # seconds before a failed download is tried again; doubles to RETRY_MAX
 RETRY_MAX = 600.0
@@ -77,6 +76,8 @@ class K3sControl(Protocol):
     async def vip_away(self) -> str: ...
 
     def vip_back(self) -> None: ...
+
+    def skew_blocks(self, version: str) -> str: ...
 
 
 class Failed(Exception):
@@ -173,6 +174,7 @@ class Upgrader:
             if step in EARLY:
                 log.info("upgrading k3s from %s to %s", old or "an unknown release", target)
                 await self._prepare_retrying(target, old, cfg)
+                await self._wait_for_the_servers(target)
                 step = "restarting"
             if step == "restarting":
                 await self._step(target, old, "restarting")
@@ -249,6 +251,18 @@ class Upgrader:
             await self.binary.stage(target)
         except InstallError as exc:
             raise Failed(f"cannot install k3s {target}: {exc}") from exc
+
+    async def _wait_for_the_servers(self, target: str) -> None:
+        """An agent does not restart on ``target`` while a server runs an older release (a
+        server granted its upgrade and demoted since, in the same coordinator cycle): it
+        waits, still on its old k3s, until the servers catch up or the coordinator takes the
+        grant back (``tick`` cancels it: nothing changed on the machine yet)."""
+        said = ""
+        while why := self.ctl.skew_blocks(target):
+            if why != said:
+                log.info("upgrade to %s waits: %s", target, why)
+                said = why
+            await asyncio.sleep(POLL)
 
     async def _restart(self, why: str) -> None:
         """Stop k3s (the old process must be gone), then start it again, on whatever

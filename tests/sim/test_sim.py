@@ -48,9 +48,29 @@ REGRESSIONS_GEN2 = {
     3329: "a restarted daemon stopped its adopted k3s, which had bootstrapped while unwatched",
     4187: "a server demoted for a k3s that never got ready was promoted straight back",
 }
-REGRESSIONS = [pytest.param(1, s, id=f"seed-{s}") for s in sorted(REGRESSIONS_GEN1)] + [
-    pytest.param(2, s, id=f"gen2-seed-{s}") for s in sorted(REGRESSIONS_GEN2)
-]
+# Generations 3-5: planned operations (rollouts, maintenance, pause; issue 15), by (gen, seed).
+REGRESSIONS_OPS = {
+    (3, 102): "an agent granted its upgrade still reported the old release: a returning machine on "
+    "the old release was promoted under it",
+    (
+        5,
+        586,
+    ): "an upgraded server went into maintenance and an agent on the old release replaced it",
+    (
+        5,
+        1173,
+    ): "a server granted its upgrade and demoted in the same cycle upgraded as an agent while "
+    "a server ran the old release: it could not run, and the rollout halted",
+    (
+        5,
+        511,
+    ): "an agent being upgraded was promoted; its new k3s was rolled back under a newer agent",
+}
+REGRESSIONS = (
+    [pytest.param(1, s, id=f"seed-{s}") for s in sorted(REGRESSIONS_GEN1)]
+    + [pytest.param(2, s, id=f"gen2-seed-{s}") for s in sorted(REGRESSIONS_GEN2)]
+    + [pytest.param(g, s, id=f"gen{g}-seed-{s}") for g, s in sorted(REGRESSIONS_OPS)]
+)
 
 
 @pytest.mark.parametrize(("generation", "seed"), REGRESSIONS)

@@ -213,3 +213,76 @@ def test_a_candidate_being_upgraded_counts_as_what_it_runs() -> None:
     inp = ElectionInput(members, assigned, count=2, dead_after=10.0)
     d = decide_with_skew(inp, versions, ("a1",), NEW)
     assert d.roles["a1"] is Role.AGENT  # promoted once it runs NEW, not before
+
+
+def test_a_granted_server_demoted_to_agent_waits_for_the_servers() -> None:
+    """Found by the simulator (seed 1173, generation 5): s1 was granted its upgrade as a server
+    and demoted to agent in the same coordinator cycle (its heartbeat had stopped); it went on
+    upgrading as an agent while s2 still ran the old release, could not run (the version-skew
+    rule), failed and halted the rollout. Before its k3s is touched the grant goes; it is
+    upgraded with the agents, once every server runs the target."""
+    assigned = {**dict.fromkeys(SERVERS, Role.SERVER), **dict.fromkeys(AGENTS, Role.AGENT)}
+    assigned["s1"] = Role.AGENT
+    cur = Rollout(NEW, RUNNING, grants=("s1",))
+    for step in ("granted", "draining", "downloading"):
+        progress = {"s1": Progress("s1", NEW, OLD, step)}
+        d = plan(_inp(current=cur, progress=progress, assigned=assigned))
+        assert d.rollout is not None and "s1" not in d.rollout.grants, step
+        assert "s1" in d.sentence
+    # Its k3s already restarted on the new release: it finishes (a revoked grant cannot stop it).
+    progress = {"s1": Progress("s1", NEW, OLD, "starting")}
+    d = plan(_inp(current=cur, progress=progress, assigned=assigned))
+    assert d.rollout is None or "s1" in d.rollout.grants
+    # Once every other server runs the target, an agent's grant is a grant like any other.
+    versions = {**dict.fromkeys((*SERVERS, *AGENTS), OLD), "s2": NEW, "s3": NEW}
+    progress = {"s1": Progress("s1", NEW, OLD, "downloading")}
+    d = plan(_inp(current=cur, progress=progress, assigned=assigned, versions=versions))
+    assert d.rollout is None or "s1" in d.rollout.grants
+
+
+def test_a_machine_being_upgraded_is_not_promoted() -> None:
+    """Found by the simulator (seed 511, generation 5): an agent granted its upgrade already
+    reported the new release (its binary swapped) and was promoted to server; its new k3s then
+    failed and was rolled back, leaving a server older than an upgraded agent (which had to
+    stop). Its release is settled only once its upgrade ends: until then it is not promoted."""
+    members = [_m("s1"), _m("s2", age=60.0), _m("a1", role=Role.AGENT), _m("a2", role=Role.AGENT)]
+    assigned = {"s1": Role.SERVER, "s2": Role.SERVER, "a1": Role.AGENT, "a2": Role.AGENT}
+    versions = dict.fromkeys(("s1", "s2", "a1", "a2"), NEW)
+    inp = ElectionInput(members, assigned, count=2, dead_after=10.0)
+    assert decide_with_skew(inp, versions, (), "").roles["a1"] is Role.SERVER  # s2 replaced
+    d = decide_with_skew(inp, versions, ("a1",), NEW)
+    assert d.roles["a1"] is Role.AGENT and d.roles["a2"] is Role.SERVER
+
+
+def test_a_server_being_upgraded_keeps_its_seat_when_servers_count_drops() -> None:
+    """Found by the simulator (seed 1098, generation 5): servers.count went from 2 to 1 while
+    s2 was restarting on the new release; the election demoted s2 (not ready), which then could
+    not run as an agent newer than s1 (the version-skew rule), failed its upgrade and halted the
+    rollout. The server being upgraded keeps its seat; the other one goes."""
+    members = [_m("s1"), _m("s2", ready=False), _m("a1", role=Role.AGENT)]
+    assigned = {"s1": Role.SERVER, "s2": Role.SERVER, "a1": Role.AGENT}
+    versions = {"s1": OLD, "s2": NEW, "a1": OLD}
+    inp = ElectionInput(members, assigned, count=1, dead_after=10.0)
+    assert decide(inp).roles["s2"] is Role.AGENT  # without the rollout: the unready one goes
+    d = decide_with_skew(inp, versions, ("s2",), NEW)
+    assert d.roles["s2"] is Role.SERVER and d.roles["s1"] is Role.AGENT
+
+
+def test_an_agent_waiting_for_an_older_server_is_a_standby_for_its_seat() -> None:
+    """Found by the simulator (seed 1305, generation 5): a2, upgraded, came back from a
+    partition as an agent while s3, a server still on the old release, crash-looped. a2 stopped
+    its k3s (the version-skew rule), so no ready machine could take s3's seat and s3 was never
+    replaced: one server short for good. A machine that stopped only for that rule could run
+    as a server: it counts as a ready standby."""
+    members = [_m("s1"), _m("s3", ready=False), _m("a2", ready=False, role=Role.NONE)]
+    assigned = {"s1": Role.SERVER, "s3": Role.SERVER, "a2": Role.AGENT}
+    versions = {"s1": NEW, "s3": OLD, "a2": NEW}
+    inp = ElectionInput(
+        members, assigned, count=2, dead_after=10.0, unready={"s3": 400.0}, unready_after=300.0
+    )
+    assert decide(inp).roles["s3"] is Role.SERVER  # no ready standby: s3 keeps the seat
+    d = decide_with_skew(inp, versions, (), "")
+    assert d.roles["s3"] is Role.AGENT and d.roles["a2"] is Role.SERVER
+    # Not for a machine that is merely not ready: a2 on the old release is no standby.
+    versions["a2"] = OLD
+    assert decide_with_skew(inp, versions, (), "").roles["s3"] is Role.SERVER
