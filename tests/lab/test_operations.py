@@ -67,6 +67,14 @@ def test_switchover_moves_the_vip_to_the_named_server_without_a_gap(
     holder = fleet.vip_holders()[0]
     target = next(n for n in _servers(st) if n != holder)
     bystander = next(n for n in sorted(st) if n not in (holder, target))
+    # The holder hands the VIP only to a server its member table shows ready (read every
+    # cycle): the target's readiness reaches it a few seconds after the target's own status.
+    fleet.wait(
+        lambda st: any(p["name"] == target and p["ready"] and p["role"] == "server"
+                       for p in (st[holder] or {}).get("peers", [])),
+        timeout=30,
+        what=f"{holder} sees {target} ready",
+    )  # fmt: skip
     roles, pids = _roles(st), _pids(st)
     sampler = InvariantSampler(fleet, db)
     sampler.start()
