@@ -19,6 +19,7 @@ from k3snoded.errors import ConfigProblem
 from k3snoded.model import RolePreference
 from k3snoded.rundir import shared_reason
 from k3snoded.tokens import TokenError, normalize, read_token
+from k3snoded.versions import parse_release
 
 if TYPE_CHECKING:
     from k3snoded.config import Config
@@ -77,12 +78,22 @@ def check(
     _registration(c, cfg)
     _config_k3s.check(c, cfg)  # what real k3s refuses or mishandles
     _contradictions(c, cfg)
+    _upgrade(c, cfg)
     c.each("discovery.seeds", cfg.discovery.seeds, rules.check_seed)
     if cfg.api.listen:
         reason = rules.check_listen(cfg.api.listen)
         if reason:
             c.add("api.listen", f'{reason} (or "" to disable the peer API)')
     return c.problems
+
+
+def _upgrade(c: Checker, cfg: Config) -> None:
+    up = cfg.upgrade
+    if up.agent_batch < 1:
+        c.add("upgrade.agent_batch", f"must be at least 1, not {up.agent_batch}")
+    for key, value in (("drain_timeout", up.drain_timeout), ("stable_for", up.stable_for)):
+        if value < 0:
+            c.add(f"upgrade.{key}", f"must be 0 or more seconds, not {value:g}")
 
 
 def _cluster(c: Checker, cfg: Config) -> None:
@@ -180,7 +191,7 @@ def _k3s(c: Checker, cfg: Config) -> None:
     k = cfg.k3s
     if not k.mirror.startswith(("https://", "http://")):
         c.add("k3s.mirror", f"'{k.mirror}' is not an http(s):// URL")
-    if not k.version.startswith("v"):
+    if parse_release(k.version) is None:
         c.add("k3s.version", f"'{k.version}' is not a k3s release name such as v1.31.4+k3s1")
     for key, path in (
         ("k3s.airgap_file", k.airgap_file),

@@ -25,11 +25,6 @@ RESTART: dict[str, str] = {
     "node.state_dir": "the token copy and the remembered role live there",
     "node.run_dir": "the control socket and the k3s pid file live there",
     "k3s.restart_backoff_max": "the supervisor reads it at start",
-    "k3s.install": "k3s is installed, when missing, at start only",
-    "k3s.version": "k3s is installed, when missing, at start only",
-    "k3s.mirror": "k3s is installed, when missing, at start only",
-    "k3s.airgap_file": "k3s is installed, when missing, at start only",
-    "k3s.airgap_sha256_file": "k3s is installed, when missing, at start only",
     "datastore": "coordination and k3s must move to another datastore together; restart "
     "every machine (each then follows the first-server rule on the new datastore)",
     "coordination.retry_timeout": "the datastore connection's driver timeouts",
@@ -58,6 +53,13 @@ APPLIED: dict[str, str] = {
     "--server, and the VIP moves to it",
     "registration.tls_san": "servers are restarted with the new flags",
     "registration.vip": "the VRRP speaker is restarted with the new settings",
+    "k3s.install": "auto: used by the next rollout (a missing binary is installed at start)",
+    "k3s.version": "install auto: the coordinator rolls the fleet to it, one machine at a "
+    "time (docs/operations.md); install none: informational",
+    "k3s.mirror": "used by the next download (a rollout, or a missing binary at start)",
+    "k3s.airgap_file": "used by the next install (a rollout, or a missing binary at start)",
+    "k3s.airgap_sha256_file": "used by the next install (a rollout, or a missing binary at start)",
+    "upgrade": "used from the next step of a rollout",
 }
 
 

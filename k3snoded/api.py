@@ -48,6 +48,7 @@ class ApiServer:
         listen: str = "",
         peer_setup: Iterable[Callable[[web.Application], None]] = (),
         leave: Callable[[], Awaitable[None]] | None = None,
+        ops: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]] | None = None,
     ) -> None:
         self._socket_path = socket_path
         self._status = status
@@ -56,6 +57,7 @@ class ApiServer:
         self._listen = listen
         self._peer_setup = list(peer_setup)
         self._leave = leave
+        self._ops = ops
         self._runners: list[web.AppRunner] = []
 
     async def start(self) -> None:
@@ -63,6 +65,7 @@ class ApiServer:
         local.router.add_get("/v1/status", self._get_status)
         local.router.add_get("/metrics", self._get_metrics)
         local.router.add_post("/v1/leave", self._post_leave)
+        local.router.add_post("/v1/ops", self._post_ops)
         runner = web.AppRunner(local, access_log=None)
         await runner.setup()
         self._runners.append(runner)
@@ -103,6 +106,17 @@ class ApiServer:
         await self._leave()
         return web.json_response({"leaving": True}, status=202)
 
+    async def _post_ops(self, request: web.Request) -> web.Response:
+        """A planned operation asked on this machine (``k3snoded pause`` and friends)."""
+        from k3snoded.ops_api import check_request
+
+        if self._ops is None:
+            return web.json_response({"ok": False, "why": "not supported here"}, status=501)
+        req = check_request(await request.read())
+        if isinstance(req, str):
+            return web.json_response({"ok": False, "why": req}, status=400)
+        return web.json_response(await self._ops(req))
+
     async def _get_metrics(self, _: web.Request) -> web.Response:
         return web.Response(text=self._metrics(), content_type="text/plain", charset="utf-8")
 
@@ -132,6 +146,20 @@ async def _local_call(socket_path: Path, method: str, path: str, limit: float) -
 async def fetch_status(socket_path: Path, limit: float = 5.0) -> dict[str, Any]:
     """Read ``/v1/status`` from a running daemon over its unix socket."""
     return await _local_call(socket_path, "GET", "/v1/status", limit)
+
+
+async def request_ops(socket_path: Path, req: dict[str, Any], limit: float) -> dict[str, Any]:
+    """Ask the local daemon for a planned operation (``k3snoded pause`` and friends)."""
+    connector = aiohttp.UnixConnector(path=str(socket_path))
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=aiohttp.ClientTimeout(total=limit)
+    ) as session:
+        try:
+            async with session.post("http://k3snoded/v1/ops", json=req) as resp:
+                data: dict[str, Any] = await resp.json(content_type=None)
+                return data
+        except (aiohttp.ClientError, ValueError) as err:
+            raise OSError(str(err)) from err
 
 
 async def request_leave(socket_path: Path, limit: float = 5.0) -> dict[str, Any]:

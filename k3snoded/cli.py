@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,6 +45,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     with_config(lv)
     lv.add_argument("--timeout", type=float, default=600.0, help="seconds to wait (600)")
+    mt = sub.add_parser(
+        "maintenance",
+        help="take a machine out of service (no VIP, no server seat, drained) or back in",
+    )
+    with_config(mt)
+    mt.add_argument("state", choices=("on", "off"))
+    mt.add_argument("node", nargs="?", default="", help="the machine (default: this one)")
+    for name, text in (
+        ("pause", "the coordinator makes no role changes until resume (the VIP still moves)"),
+        ("resume", "end a pause"),
+    ):
+        with_config(sub.add_parser(name, help=text))
+    so = sub.add_parser("switchover", help="move the VIP to another ready server now")
+    with_config(so)
+    so.add_argument("--to", default="", metavar="NODE", help="the server to move it to")
     tok = sub.add_parser("token", help="cluster token tools")
     toksub = tok.add_subparsers(dest="token_command", metavar="ACTION")
     gen = toksub.add_parser("generate", help="print (or write) a new strong random token")
@@ -77,6 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _status(_load(args.config), as_json=args.json)
         if args.command == "leave":
             return _leave(_load(args.config), args.timeout)
+        if args.command in ("maintenance", "pause", "resume", "switchover"):
+            return _operation(_load(args.config), _request(args))
         if args.command == "token" and args.token_command == "generate":  # noqa: S105
             return _token_generate(args.output)
     except ConfigError as err:
@@ -136,6 +154,39 @@ def _leave(cfg: Config, timeout: float) -> int:
             return EX_OK
         time.sleep(1.0)
     print(f"k3snoded: still handing over after {timeout:.0f} s", file=sys.stderr)
+    return EX_FAILURE
+
+
+def _request(args: argparse.Namespace) -> dict[str, object]:
+    import getpass
+    import socket
+
+    try:
+        user = os.environ.get("SUDO_USER") or getpass.getuser()
+    except (KeyError, OSError):
+        user = f"uid {os.getuid()}"
+    req: dict[str, object] = {"action": args.command, "by": f"{user} on {socket.gethostname()}"}
+    if args.command == "maintenance":
+        req.update(on=args.state == "on", node=args.node)
+    elif args.command == "switchover":
+        req["to"] = args.to
+    return req
+
+
+def _operation(cfg: Config, req: dict[str, object]) -> int:
+    from k3snoded.api import request_ops
+
+    limit = 600.0 if req["action"] == "maintenance" else 60.0
+    try:
+        answer = asyncio.run(request_ops(cfg.socket_path, req, limit))
+    except OSError as err:
+        print(f"k3snoded: cannot reach the daemon at {cfg.socket_path}: {err}", file=sys.stderr)
+        return EX_UNAVAILABLE
+    if answer.get("ok"):
+        print(answer.get("result") or "done")
+        return EX_OK
+    print(f"k3snoded: {req['action']} refused: {answer.get('why', 'no reason given')}",
+          file=sys.stderr)  # fmt: skip
     return EX_FAILURE
 
 

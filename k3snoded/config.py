@@ -37,6 +37,7 @@ __all__ = [
     "NodeConfig",
     "RegistrationConfig",
     "ServersConfig",
+    "UpgradeConfig",
     "VipConfig",
     "changed_keys",
     "config_summary",
@@ -153,6 +154,16 @@ class DiscoveryConfig:
 
 
 @dataclass(frozen=True)
+class UpgradeConfig:
+    """Rolling k3s upgrades (a change of ``k3s.version`` with ``k3s.install: auto``)."""
+
+    agent_batch: int = 1  # agents upgraded at once, after every server
+    drain: bool = True  # cordon and drain a machine through the Kubernetes API first
+    drain_timeout: float = 120.0  # seconds of evictions before the upgrade goes on anyway
+    stable_for: float = 30.0  # seconds a new k3s must stay ready before the next machine
+
+
+@dataclass(frozen=True)
 class ApiConfig:
     listen: str = f"0.0.0.0:{DEFAULT_API_PORT}"  # peer API (signed requests); "" disables it
 
@@ -174,6 +185,7 @@ class Config:
     registration: RegistrationConfig = field(default_factory=RegistrationConfig)
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
+    upgrade: UpgradeConfig = field(default_factory=UpgradeConfig)
     source: Path = DEFAULT_CONFIG  # the main file it was loaded from
 
     @property

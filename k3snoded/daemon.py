@@ -12,7 +12,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from k3snoded import __version__, capin, handover, k3s
+from k3snoded import __version__, capin, handover, k3s, ops_api, ops_wiring
 from k3snoded.api import ApiServer
 from k3snoded.config import Config, changed_keys, load_config, needs_restart
 from k3snoded.coredump import forbid_core_dumps
@@ -50,6 +50,7 @@ class Daemon:
         self.roles: RoleSource = build_role_source(
             cfg, self.supervisor, vip=self.vip, peers=self.peers
         )
+        self.ops_request = ops_wiring.attach(self.roles, self.peers)
         self.node_roles = NodeRoleKeeper(
             lambda: self.cfg, lambda: self.roles.wanted.role, lambda: self.supervisor.status
         )
@@ -60,8 +61,9 @@ class Daemon:
             metrics=lambda: render_metrics(self.status()),
             healthy=self._healthy,
             listen=cfg.api.listen,
-            peer_setup=[self.peers.install],
+            peer_setup=[self.peers.install, ops_api.install(self.peers.api, self.ops_request)],
             leave=self.leave,
+            ops=lambda req: self.ops_request(req, f"the control socket on {self.cfg.node.name}"),
         )
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
@@ -93,6 +95,11 @@ class Daemon:
             },
             "registration": wanted.registration,
             "decision": wanted.reason,
+            "limits": {
+                "servers_wanted": self.cfg.servers.count,
+                "lease_ttl": self.cfg.coordination.lease_ttl,
+                "vip": self.cfg.registration.vip.enabled and bool(self.cfg.registration.address),
+            },
         }
         out.update(self.roles.status())
         return out

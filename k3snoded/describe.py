@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from k3snoded._config_rules import hide_password
@@ -54,13 +55,15 @@ def describe_status(s: dict[str, Any]) -> str:
     node = s.get("node", {})
     k3s = s.get("k3s", {})
     vip = s.get("vip") or {}
+    ops = s.get("operations") or {}
     ready = "ready" if k3s.get("ready") else k3s.get("state", "?")
     if k3s.get("crash_loop"):
         ready += " (crash loop)"
     lines = [
         f"node      {node.get('name')}  role {node.get('role')}  (preference "
         f"{node.get('preference')})",
-        f"k3s       {ready}  pid {k3s.get('pid') or '-'}  restarts {k3s.get('restarts', 0)}",
+        f"k3s       {ready}  pid {k3s.get('pid') or '-'}  restarts {k3s.get('restarts', 0)}"
+        + (f"  version {ops['k3s_version']}" if ops.get("k3s_version") else ""),
         f"register  {s.get('registration') or '-'}",
         f"vip       {vip.get('address') or '-'}  "
         f"{'held here' if vip.get('held') else 'not held here'}"
@@ -76,6 +79,7 @@ def describe_status(s: dict[str, Any]) -> str:
         lines += [f"ALARM     {alarm}" for alarm in pin.get("alarms") or []]
     if s.get("coordinator"):
         lines.append(f"coordinator {s['coordinator']}")
+    lines += _operations(ops)
     peers = s.get("peers") or []
     if peers:
         lines.append("")
@@ -88,3 +92,39 @@ def describe_status(s: dict[str, Any]) -> str:
                 f"{'yes' if p.get('ready') else 'no':<6} {age_s:>9}  {p.get('address', '')}"
             )
     return "\n".join(lines)
+
+
+def _ago(t: object) -> str:
+    if not isinstance(t, int | float) or not t:
+        return "-"
+    return f"{max(0.0, time.time() - t):.0f}s ago"
+
+
+def _operations(ops: dict[str, Any]) -> list[str]:
+    """Planned operations: pause, maintenance, the last switchover, the rollout per machine."""
+    lines: list[str] = []
+    if ops.get("maintenance_here"):
+        lines.append(f"maintenance here: {ops['maintenance_here']}")
+    paused = ops.get("paused")
+    if paused:
+        lines.append(f"paused    since {_ago(paused.get('since'))} by {paused.get('by')} "
+                     "(no role changes until k3snoded resume)")  # fmt: skip
+    if ops.get("maintenance"):
+        lines.append(f"maintenance {', '.join(ops['maintenance'])}")
+    sw = ops.get("switchover")
+    if sw:
+        lines.append(f"switchover {sw.get('from')} -> {sw.get('to')} by {sw.get('by')}: "
+                     f"{sw.get('result')} ({_ago(sw.get('at'))})")  # fmt: skip
+    r = ops.get("rollout")
+    if r:
+        if r.get("state") == "halted":
+            state = f"HALTED on {r.get('halted_node')}: {r.get('halted_error')}"
+        else:
+            state = f"{r.get('state')}: {r.get('note') or ''}".rstrip(": ")
+        lines += ["", f"rollout   {r.get('target')}  {state}"]
+        lines.append(f"{'MACHINE':<20} {'VERSION':<16} {'STEP':<14} SINCE")
+        for m in r.get("machines") or []:
+            since = _ago(m.get("since")).removesuffix(" ago")
+            lines.append(f"{m.get('name', '?'):<20} {m.get('version') or '-':<16} "
+                         f"{m.get('step') or '-':<14} {since}")  # fmt: skip
+    return lines

@@ -19,7 +19,7 @@ import hashlib
 import hmac
 import logging
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from k3snoded import capin
 from k3snoded.atomic import read_json_state, write_json_state
@@ -40,6 +40,9 @@ from k3snoded.model import ChildState, Member, Role, RolePreference
 from k3snoded.roles import ChildControl, RoleSource, Wanted, remembered_role
 from k3snoded.supervisor import ChildStatus
 from k3snoded.vip import VipKeeper
+
+if TYPE_CHECKING:
+    from k3snoded.operations import Operations
 
 log = logging.getLogger("k3snoded.fleet")
 
@@ -87,6 +90,8 @@ class FleetRoles(RoleSource):
         self.bootstrapped_by: str | None = None
         self.members: list[Member] = []
         self.assigned: dict[str, Role] = {}
+        self.versions: dict[str, str] = {}  # each member's k3s release, from its heartbeat
+        self.ops: Operations | None = None  # planned operations (operations.py), if attached
         self.counters: dict[str, float] = {"decisions": 0, "renew_seconds": 0.0}
         self._outage_logged = False
         self._last_try = 0.0
@@ -129,10 +134,20 @@ class FleetRoles(RoleSource):
             return False
         return not self.is_coordinator or all(m.name in self.assigned for m in self.members)
 
+    def wake(self) -> None:
+        """Run a cycle now (a planned operation changed something)."""
+        self._wake.set()
+
+    def lease_age(self) -> float:
+        """Seconds since the last coordinator-lease statement was sent."""
+        return _now() - self._last_try
+
     # ---- the loop ------------------------------------------------------------------------
     async def run(self) -> None:
         self._task = asyncio.current_task()
         await self.load_pin()
+        if self.ops is not None:
+            await self.ops.start()
         await self.vip.remove_stale()
         before = await asyncio.to_thread(remembered_role, self.cfg)
         if before is not None and before.role is Role.AGENT and before.registration:
@@ -242,9 +257,12 @@ class FleetRoles(RoleSource):
                 preference=self.cfg.node.role,
                 # A machine whose k3s failed to come up as the first server steps out of the
                 # running for a while, so the coordinator gives its seat to another.
-                eligible=self.eligible and _now() >= self._boot_pause_until,
+                eligible=self.eligible
+                and _now() >= self._boot_pause_until
+                and not (self.ops is not None and self.ops.ineligible),
                 role=self.wanted.role,
                 ready=child.ready,
+                k3s_version=self.ops.version if self.ops is not None else "",
             ),
             everyone=everyone,
         )
@@ -256,10 +274,13 @@ class FleetRoles(RoleSource):
             await self._hand_over()
         else:
             await self._reconcile()
+            if self.ops is not None:
+                await self.ops.after_cycle()
 
     def _take(self, rows: list[MemberRow]) -> None:
         self.members = self._observe(rows)
         self.assigned = {r.member.name: r.assigned for r in rows if r.assigned is not None}
+        self.versions = {r.member.name: r.k3s_version for r in rows}
 
     async def _coordinate(self, read_everyone: bool) -> None:
         ttl = self.cfg.coordination.lease_ttl
@@ -278,17 +299,18 @@ class FleetRoles(RoleSource):
         if not read_everyone:  # just took the lease over: decide from every row, not a view
             self._take(await self.ds.members())
         self.coordinator = self.me
-        d = decide(
-            ElectionInput(
-                members=self.members,
-                assigned=self.assigned,
-                count=self.cfg.servers.count,
-                dead_after=self.cfg.coordination.dead_after,
-                unready=self._unready(),
-                unready_after=self.cfg.k3s.ready_timeout,
-                avoid=frozenset(n for n, t in self._failed_until.items() if t > _now()),
-            )
+        inp = ElectionInput(
+            members=self.members,
+            assigned=self.assigned,
+            count=self.cfg.servers.count,
+            dead_after=self.cfg.coordination.dead_after,
+            unready=self._unready(),
+            unready_after=self.cfg.k3s.ready_timeout,
+            avoid=frozenset(n for n, t in self._failed_until.items() if t > _now()),
         )
+        if self.ops is not None and not await self.ops.may_decide():
+            return  # paused by an operator: no role changes (the VIP still follows health)
+        d = self.ops.decide(inp) if self.ops is not None else decide(inp)
         if d.roles != self.assigned:
             if await self.ds.assign_roles(d.roles, self.me):
                 for name in d.failed:
@@ -369,6 +391,10 @@ class FleetRoles(RoleSource):
     async def _reconcile(self) -> None:
         mine = self.assigned.get(self.me)
         if mine is not Role.SERVER and await self._leave_bootstrap():
+            return
+        override = self.ops.override(mine) if self.ops is not None else None
+        if override is not None:
+            await self.apply(override)
             return
         if mine is None:
             await self.apply(Wanted(Role.NONE, "", "waiting for the coordinator to assign a role"))
@@ -611,6 +637,8 @@ class FleetRoles(RoleSource):
                 await task
         if self._fence_timer is not None:
             self._fence_timer.cancel()
+        if self.ops is not None:
+            await self.ops.stop()
         await self.vip.stop()
         # Released whether or not this machine still believes it holds it (a failed renewal
         # may have lied): the statement frees it only if the row names us. The bootstrap
@@ -632,6 +660,7 @@ class FleetRoles(RoleSource):
                 "ready": m.ready,
                 "heartbeat_age": round(m.heartbeat_age, 2),
                 "alive": m.heartbeat_age <= self.cfg.coordination.dead_after,
+                "eligible": m.eligible,
             }
             for m in sorted(self.members, key=lambda m: m.name)
         ]
@@ -646,6 +675,7 @@ class FleetRoles(RoleSource):
             # the coordinator (what it reads: Datastore.members_seen_by).
             "peers_scope": "all" if self.is_coordinator or self.leaving else "servers",
             "counters": {**self.counters, "statements": self.ds.statements},
+            "operations": self.ops.status() if self.ops is not None else None,
         }
 
 

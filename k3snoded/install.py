@@ -49,7 +49,7 @@ from k3snoded.config import K3sConfig
 from k3snoded.errors import InstallError
 from k3snoded.model import InstallMode
 
-__all__ = ["InstallMode", "InstallSpec", "ensure_k3s", "spec_from_config"]
+__all__ = ["InstallMode", "InstallSpec", "ensure_k3s", "install_release", "spec_from_config"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -177,6 +177,14 @@ async def ensure_k3s(spec: InstallSpec, binary: Path) -> Path:
             f"k3s is not installed at {binary} (or is not executable) and k3s.install is 'none'; "
             "install k3s there or set k3s.install: auto"
         )
+    await install_release(spec, binary)
+    return binary
+
+
+async def install_release(spec: InstallSpec, binary: Path) -> None:
+    """Install ``spec.version`` at ``binary`` whatever is there (a rolling upgrade stages the
+    new release beside the running one this way): verified first, renamed into place
+    atomically; nothing is left at ``binary``'s temporary name after a failure."""
     arch = spec.arch or machine_arch()
     if arch == "s390x":
         raise InstallError(
@@ -189,7 +197,6 @@ async def ensure_k3s(spec: InstallSpec, binary: Path) -> Path:
         await _install_airgap(spec, binary, name, list_name)
     else:
         await _install_download(spec, binary, name, list_name)
-    return binary
 
 
 async def _install_airgap(spec: InstallSpec, binary: Path, name: str, list_name: str) -> None:
@@ -364,11 +371,12 @@ def _commit(tmp: Path, out: BinaryIO, binary: Path) -> None:
         os.close(dirfd)
 
 
-def spec_from_config(k3s: K3sConfig) -> InstallSpec:
-    """The install spec the ``k3s:`` section of the config describes."""
+def spec_from_config(k3s: K3sConfig, version: str | None = None) -> InstallSpec:
+    """The install spec the ``k3s:`` section of the config describes (for ``version``, when
+    given: the release a rollout installs)."""
     return InstallSpec(
         mode=k3s.install,
-        version=k3s.version,
+        version=version or k3s.version,
         mirror=k3s.mirror,
         airgap_file=k3s.airgap_file,
         airgap_sha256_file=k3s.airgap_sha256_file,

@@ -123,6 +123,18 @@ class KubeClient:
         return self.tls.cert.exists() and self.tls.key.exists() and self.tls.ca.exists()
 
     async def _request(self, method: str, path: str, body: object = None) -> dict[str, Any]:
+        status, answer = await self.call(method, path, body, MERGE_PATCH)
+        if status == 409:
+            raise Conflict(f"{method} {path}: 409 Conflict")
+        if status != 200:
+            raise KubeError(f"{method} {path}: HTTP {status}: {_message(answer)}")
+        return answer
+
+    async def call(
+        self, method: str, path: str, body: object = None, content_type: str = "application/json"
+    ) -> tuple[int, dict[str, Any]]:
+        """One request; the status and the JSON answer ({} when it is not JSON). KubeError
+        only when the apiserver cannot be reached."""
         try:
             ctx = await asyncio.to_thread(self.tls.context)
         except OSError as exc:
@@ -130,7 +142,7 @@ class KubeClient:
         data = None if body is None else json.dumps(body).encode()
         headers = {"Accept": "application/json"}
         if data is not None:
-            headers["Content-Type"] = MERGE_PATCH
+            headers["Content-Type"] = content_type
         try:
             async with (
                 aiohttp.ClientSession(timeout=self.timeout) as session,
@@ -142,15 +154,13 @@ class KubeClient:
                 status = resp.status
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise KubeError(f"{method} {path}: {exc or type(exc).__name__}") from exc
-        if status == 409:
-            raise Conflict(f"{method} {path}: 409 Conflict")
-        if status != 200:
-            raise KubeError(f"{method} {path}: HTTP {status}: {text[:200].strip()}")
         try:
-            answer: dict[str, Any] = json.loads(text)
-        except ValueError as exc:
-            raise KubeError(f"{method} {path}: not JSON") from exc
-        return answer
+            answer = json.loads(text)
+        except ValueError:
+            if 200 <= status < 300:
+                raise KubeError(f"{method} {path}: not JSON") from None
+            answer = {"message": text[:200].strip()}
+        return status, answer if isinstance(answer, dict) else {}
 
     async def node(self, name: str) -> dict[str, Any]:
         return await self._request("GET", f"/api/v1/nodes/{name}")
@@ -172,6 +182,10 @@ async def reconcile(client: KubeClient, want: Target, attempts: int = 5) -> str:
             continue  # changed meanwhile: read it again
         return f"node {want.node} updated for role {want.role.value}: {_describe(patch)}"
     raise KubeError(f"node {want.node} kept changing; {attempts} conflicts in a row")
+
+
+def _message(answer: dict[str, Any]) -> str:
+    return str(answer.get("message") or answer.get("reason") or "no message")[:200]
 
 
 def _describe(patch: dict[str, Any]) -> str:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from k3snoded.opsstate import DONE, HALTED, RUNNING
+
 
 def _esc(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
@@ -115,4 +117,69 @@ def render_metrics(status: dict[str, Any]) -> str:
         "SQL statements this node sent to the datastore.",
         [({}, int(counters.get("statements", 0)))],
     )
+    out += _fleet(status)
     return "\n".join(out) + "\n"
+
+
+def _fleet(status: dict[str, Any]) -> list[str]:
+    """What the alert rules (packaging/monitoring/) need beyond this machine: the configured
+    limits, and the fleet as this machine last read it from the datastore (every member reads
+    the same tables, so the rules take the max over machines)."""
+    limits = status.get("limits", {}) or {}
+    peers = status.get("peers", []) or []
+    ops = status.get("operations") or {}
+    rollout = ops.get("rollout") or {}
+    paused = ops.get("paused") or {}
+    spares = [
+        p for p in peers if p.get("alive") and p.get("eligible") and p.get("role") != "server"
+    ]
+    out = _family(
+        "k3snoded_servers_wanted",
+        "gauge",
+        "servers.count: how many k3s servers the fleet should run.",
+        [({}, int(limits.get("servers_wanted", 0)))],
+    )
+    out += _family(
+        "k3snoded_lease_ttl_seconds",
+        "gauge",
+        "coordination.lease_ttl: a lease not renewed within this is lost.",
+        [({}, float(limits.get("lease_ttl", 0.0)))],
+    )
+    out += _family(
+        "k3snoded_vip_enabled",
+        "gauge",
+        "1 when this machine takes part in holding the registration VIP (vip.enabled).",
+        [({}, 1 if limits.get("vip") else 0)],
+    )
+    out += _family(
+        "k3snoded_fleet_spares",
+        "gauge",
+        "Live machines that may be a server and are not one (could replace a failed server); "
+        "absent without a shared datastore.",
+        [({}, len(spares))] if "coordinator" in status else [],
+    )
+    out += _family(
+        "k3snoded_fleet_maintenance",
+        "gauge",
+        "Machines in maintenance.",
+        [({}, len(ops.get("maintenance") or []))],
+    )
+    out += _family(
+        "k3snoded_fleet_paused",
+        "gauge",
+        "1 while the fleet is paused (k3snoded pause): no role changes.",
+        [({}, 1 if paused else 0)],
+    )
+    out += _family(
+        "k3snoded_fleet_paused_since_seconds",
+        "gauge",
+        "Unix time the fleet was paused (absent when it is not).",
+        [({}, float(paused.get("since") or 0.0))] if paused else [],
+    )
+    out += _family(
+        "k3snoded_rollout",
+        "gauge",
+        "The rolling k3s upgrade by state (1 for the current state; all 0 without one).",
+        [({"state": s}, 1 if rollout.get("state") == s else 0) for s in (RUNNING, HALTED, DONE)],
+    )
+    return out

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("k3snoded.vip")
 
+BOOST_PRIORITY = 254  # a switchover's named server, for the moment of the hand-over
 RETRY_FIRST = 1.0  # seconds before a failed speaker is started again; doubles to RETRY_MAX
 RETRY_MAX = 60.0
 STABLE_AFTER = 30.0  # a speaker up this long has recovered: the backoff and the log reset
@@ -91,6 +92,11 @@ class VipKeeper:
         self._retry_at = 0.0  # no new speaker before this loop time (after a failure)
         self._retry_delay = RETRY_FIRST
         self._resume_until = 0.0  # monotonic: the previous daemon handed the VIP over until then
+        # Planned operations (operations.py): while any hold is set the speaker stands down
+        # (a holder releases the VIP, a backup never takes it); a boost raises the priority
+        # so that this backup is the one that takes over at the holder's release.
+        self._holds: dict[str, str] = {}
+        self._boost: asyncio.TimerHandle | None = None
 
     def _configure(self, cfg: Config) -> None:
         reg = cfg.registration
@@ -155,10 +161,65 @@ class VipKeeper:
             log.error("cannot check %s for a stale VIP: %s", self.interface, err)
 
     def health(self, healthy: bool) -> None:
-        """The local k3s API answers /ping (or not): passed to the speaker at once."""
+        """The local k3s API answers /readyz (or not): passed to the speaker at once, unless
+        a planned operation holds the VIP away from this machine."""
         self._healthy = healthy
         if self._speaker is not None:
-            self._speaker.set_healthy(healthy)
+            self._speaker.set_healthy(healthy and not self._holds)
+
+    # ---- planned operations (switchover, rollout, maintenance) ----------------------------
+    def hold(self, key: str, why: str) -> None:
+        """Keep the VIP off this machine until ``release(key)``: a holder releases it at once
+        (priority-0 advert: the best backup takes over), a backup never takes it."""
+        if key not in self._holds and self._speaker is not None:
+            log.info("VIP held away from this machine: %s", why)
+        self._holds[key] = why
+        self.health(self._healthy)
+
+    def release(self, key: str) -> None:
+        if self._holds.pop(key, None) is not None:
+            if not self._holds and self._speaker is not None:
+                log.info("VIP no longer held away from this machine")
+            self.health(self._healthy)
+
+    @property
+    def held_away(self) -> tuple[str, ...]:
+        return tuple(self._holds.values())
+
+    def boost(self, seconds: float) -> str:
+        """For a switchover to this machine: raise the priority to BOOST_PRIORITY for at most
+        ``seconds`` (the holder's release then makes this backup take over first, after its
+        skew time of under a millisecond). "" when done, else why not."""
+        speaker = self._speaker
+        if speaker is None:
+            return "this machine runs no VRRP speaker"
+        st = speaker.status
+        if self._holds or not st.healthy:
+            return "this machine's VRRP speaker stands down (unhealthy or held away)"
+        if st.holds_vip:
+            return "this machine already holds the VIP"
+        speaker.set_priority(BOOST_PRIORITY)
+        if self._boost is not None:
+            self._boost.cancel()
+        self._boost = asyncio.get_running_loop().call_later(seconds, self.unboost)
+        return ""
+
+    def unboost(self) -> None:
+        if self._boost is not None:
+            self._boost.cancel()
+            self._boost = None
+        if self._speaker is not None:
+            self._speaker.set_priority(self.cfg.registration.vip.priority)
+
+    @property
+    def holds(self) -> bool:
+        """This machine holds the VIP now (as its speaker last reconciled)."""
+        return self._speaker is not None and self._speaker.status.holds_vip
+
+    @property
+    def master(self) -> str | None:
+        """The address this speaker believes is master (from adverts; ours when master)."""
+        return None if self._speaker is None else self._speaker.status.master
 
     async def ensure(self, *, run: bool, healthy: bool) -> None:
         """Level-triggered: run the speaker while ``run``. A speaker that failed is restarted
@@ -191,7 +252,7 @@ class VipKeeper:
             if resume and not healthy:
                 return  # keep the handed-over VIP (its kernel lifetime bounds this) until ready
             self._resume_until = 0.0
-            self._speaker = self._make_speaker(healthy, resume)
+            self._speaker = self._make_speaker(healthy and not self._holds, resume)
             self._start_guard()
             self._started = now
             self._task = asyncio.create_task(self._speaker.run(), name="vrrp")
@@ -248,6 +309,9 @@ class VipKeeper:
 
     async def stop(self) -> None:
         """Graceful: a master sends priority 0 and removes the address."""
+        if self._boost is not None:
+            self._boost.cancel()
+            self._boost = None
         speaker, task = self._speaker, self._task
         self._speaker, self._task = None, None
         if speaker is not None:
@@ -263,6 +327,8 @@ class VipKeeper:
 
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = {"address": self.address or None, "held": False}
+        if self._holds:
+            out["held_away"] = list(self._holds.values())
         if self._speaker is not None:
             from k3snoded.vrrp.auth import REASONS
 

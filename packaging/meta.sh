@@ -59,6 +59,8 @@ PKG_FILES=(
   "{example} | /etc/k3snoded/config.yaml.example | 0644"
   "packaging/files/default.env | {envfile} | 0644"
   "packaging/files/k3snoded.8 | /usr/share/man/man8/k3snoded.8.gz | 0644"
+  "packaging/monitoring/k3snoded-alerts.yml | /usr/share/k3snoded/prometheus/k3snoded-alerts.yml | 0644"
+  "packaging/monitoring/k3snoded-dashboard.json | /usr/share/k3snoded/grafana/k3snoded-dashboard.json | 0644"
   "- | /etc/k3snoded | d0700"
   "- | /var/lib/k3snoded | d0700"
 )

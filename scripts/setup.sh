@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   mariadb-server postgresql keepalived iproute2 iputils-ping tcpdump nftables
   rpm fakeroot lintian rpmlint python3-venv debootstrap systemd-container
+  prometheus # promtool: checks and unit-tests the shipped alert rules
 )
 
 missing=()

@@ -42,6 +42,7 @@ from k3snoded.ratelimit import OncePerKey
 log = logging.getLogger(__name__)
 
 PEERS_PATH = "/v1/peers"
+VERIFIED_BODY = "k3snoded.verified_body"  # request key: the body whose signature verified
 MAX_BODY = 1 << 20  # a peer list of a thousand machines is well under 200 kB
 _CALLERS_MAX = 4096
 
@@ -109,6 +110,7 @@ class PeerApi:
             except AuthenticationError as exc:
                 self._refuse(request.remote or "?", str(exc))
                 return web.Response(status=401, text=f"{exc}\n")
+            request[VERIFIED_BODY] = body  # the stream is consumed: handlers read it here
             response = await handler(request)
             if not isinstance(response, web.Response) or response.body is None:
                 raise TypeError("signed handlers must return a web.Response with a bytes body")

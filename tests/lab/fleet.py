@@ -67,12 +67,20 @@ class FleetNode:
         (etc / "config.yaml").write_text(yaml.safe_dump(self.fleet.common_config()))
         wrapper = self.dir / "k3s-wrapper"
         env = {"K3S_FAKE_ROOT": str(self.root), **self.fleet.fake_env, **self.fake_env}
+        if self.fleet.releases:
+            # k3s.binary is a release file k3snoded installs and upgrades itself; the knobs
+            # go to the stand-in's knob file in the data dir, which no upgrade replaces.
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            knobs = "".join(f"{k}={v}\n" for k, v in env.items())
+            (self.data_dir / "fake-k3s.env").write_text(knobs)
+            wrapper = self.dir / "bin" / "k3s"
         lines = "".join(f"export {k}='{v}'\n" for k, v in env.items())
         # K3S_REAL_BINARY (the demo's K3S_BINARY) runs a real k3s instead of the stand-in.
         target = env.pop("K3S_REAL_BINARY", "") or str(FAKE_K3S)
         lines = "".join(f"export {k}='{v}'\n" for k, v in env.items())
-        wrapper.write_text(f'#!/bin/sh\n{lines}exec "{target}" "$@"\n')
-        wrapper.chmod(0o755)
+        if not self.fleet.releases:
+            wrapper.write_text(f'#!/bin/sh\n{lines}exec "{target}" "$@"\n')
+            wrapper.chmod(0o755)
         node: dict[str, Any] = {
             "node": {
                 "name": self.name,
@@ -89,6 +97,7 @@ class FleetNode:
         }
         if self.agent_only:
             node["node"]["role"] = "agent"
+        if self.agent_only and not self.fleet.agents_in_fleet:
             node["datastore"] = {"endpoint": ""}
             if not self.fleet.agents_know_registration:
                 node["registration"] = {"address": None}  # unset: learn it from peers
@@ -165,6 +174,8 @@ class Fleet:
         fake_env: Mapping[str, str] | None = None,
         extra: Mapping[str, Any] | None = None,
         agents_know_registration: bool = True,
+        releases: bool = False,
+        agents_in_fleet: bool = False,
     ) -> None:
         if eligible + agents > len(lab.machines):
             raise ValueError("not enough machines in the lab")
@@ -177,6 +188,11 @@ class Fleet:
         self.fake_env = dict(fake_env or {})
         self.extra = dict(extra or {})
         self.agents_know_registration = agents_know_registration
+        # releases: k3s.binary is installed (k3s.install: auto) from a release mirror the test
+        # serves, so k3snoded can upgrade it; agents_in_fleet: agent-only machines carry the
+        # datastore credentials (node.role agent), so the coordinator's rollout reaches them.
+        self.releases = releases
+        self.agents_in_fleet = agents_in_fleet
         self.workdir = lab.workdir / "fleet"
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.token_file = self.workdir / "token"

@@ -11,6 +11,10 @@ import pytest
 from tests.packaging.conftest import REPO, Built, meta, need_tools
 
 pytestmark = pytest.mark.timeout(900)
+MONITORING = (  # packaging/monitoring/, shipped by both formats
+    "/usr/share/k3snoded/prometheus/k3snoded-alerts.yml",
+    "/usr/share/k3snoded/grafana/k3snoded-dashboard.json",
+)
 
 
 def run(*argv: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -55,6 +59,8 @@ def test_deb_contents(built: Built) -> None:
     assert "/opt/k3snoded/pyvenv.cfg" in files
     assert "/usr/share/doc/k3snoded/copyright" in files
     assert "/usr/share/lintian/overrides/k3snoded" in files
+    for path in MONITORING:
+        assert files[path].startswith("-rw-r--r--"), path
     assert any(p.startswith("/opt/k3snoded/lib/common/k3snoded/") for p in files)
     for v in ("3.11", "3.12", "3.13"):  # one tree per CPython ABI, each with its C extensions
         site = f"/opt/k3snoded/lib/python{v}/site-packages"
@@ -83,6 +89,9 @@ def test_deb_ships_the_repository_files(built: Built, tmp_path: Path) -> None:
     run("dpkg-deb", "-x", str(built.deb), str(tmp_path))
     unit = tmp_path / "lib/systemd/system/k3snoded.service"
     assert unit.read_text() == (REPO / "systemd/k3snoded.service").read_text()
+    for path in MONITORING:
+        shipped = (tmp_path / path.lstrip("/")).read_bytes()
+        assert shipped == (REPO / "packaging/monitoring" / Path(path).name).read_bytes()
     example = REPO / "etc/config.example.yaml"
     if example.exists():
         assert (tmp_path / "etc/k3snoded/config.yaml.example").read_bytes() == example.read_bytes()
@@ -164,6 +173,7 @@ def test_rpm_contents(built: Built) -> None:
         "/opt/k3snoded/bin/python3.11",
         "/opt/k3snoded/bin/python3.13",
         "/opt/k3snoded/lib/common/k3snoded/__init__.py",
+        *MONITORING,
     ):
         assert path in files, path
     assert "/etc/k3snoded/config.yaml" not in files

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tests.sim.plan import GENERATION, make_plan
+from tests.sim.plan import GENERATION, make_plan, parse_generation
 from tests.sim.runner import default_jobs, replay_command, run_seed, sweep
 
 
@@ -17,7 +17,10 @@ def main() -> int:
     p.add_argument("--seed", type=int, help="replay this seed and print its trace")
     p.add_argument("--jobs", type=int, default=default_jobs(), help="worker processes")
     p.add_argument(
-        "--generation", type=int, default=GENERATION, help="plan generator (older seeds)"
+        "--generation",
+        type=parse_generation,
+        default=GENERATION,
+        help="plan generator (older seeds): a number, or the later fault kinds by name",
     )
     args = p.parse_args()
     if args.seed is not None:

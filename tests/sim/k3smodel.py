@@ -28,6 +28,7 @@ server alone. A second CA (a server that saved its own over another's) is report
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ READYZ_TIMEOUT = 2.0  # the apiserver's etcd readiness check
 LOCK_POLL, LOCK_ATTEMPTS = 5.0, 5  # pkg/cluster/storage.go (Corrections table)
 LEADER_RETRY, LEADER_RENEW_DEADLINE, LEADER_LEASE = 2.0, 10.0, 15.0  # controller-manager
 AGENT_GIVE_UP = 900.0  # WaitForAPIServerReady: fatal after 15 minutes
+OLD, NEW, BAD = "v1.31.4+k3s1", "v1.31.5+k3s1", "v1.31.6+k3s1"  # BAD: a build that panics
 
 
 @dataclass(eq=False)
@@ -56,6 +58,7 @@ class Proc:
     started: float
     config_version: int
     first_start: bool  # a server started before the cluster had a CA, and without one yet
+    version: str = OLD  # the release of the binary it was started from
     state: str = "starting"  # starting | ready (READY=1 sent) | stopping | exited
     exit_status: int | None = None
     healthy: bool = False  # a server's /readyz answers 200
@@ -136,6 +139,9 @@ class K3sHost:
         self.machine = machine
         self.proc: Proc | None = None
         self.fault = "none"  # none | never_ready | crash_loop
+        self.installed = OLD  # the release at k3s.binary; .next and .previous beside it
+        self.staged = ""
+        self.previous = ""
         self.slow_stop = False
         self._watchers: list[Callable[[Proc], None]] = []  # told when a process changes
         self._probing = False
@@ -166,10 +172,20 @@ class K3sHost:
         world = self.machine.world
         role = role_of(spec)
         first = role is Role.SERVER and world.server.cluster_ca is None
-        proc = Proc(world.next_pid(), spec, role, world.now, self.machine.config_version, first)
+        proc = Proc(
+            world.next_pid(),
+            spec,
+            role,
+            world.now,
+            self.machine.config_version,
+            first,
+            version=self.installed,
+        )
         self.proc = proc
         world.trace(self.machine.name, f"k3s {role.value} started (pid {proc.pid})")
-        if self.fault == "crash_loop":
+        if proc.version == BAD:  # panics at once (exit 2)
+            self.machine.later_k3s(world.rng.uniform(0.05, 0.3), self.exit, proc, 2, "panic")
+        elif self.fault == "crash_loop":
             self.machine.later_k3s(world.rng.uniform(1.0, 3.0), self.exit, proc, 1, "")
         elif role is Role.SERVER:
             self.machine.later_k3s(world.rng.uniform(1.0, 3.0), self._connect, proc)
@@ -312,3 +328,42 @@ class K3sHost:
         if link.state == "up" and (link.slow or self.machine.world.db_slow):
             self._probing = True
             self.machine.later_k3s(1.0, self._probe, proc)
+
+
+class SimBinary:
+    """``upgrader.Binary`` over a ``K3sHost``: staging takes a download's time."""
+
+    def __init__(self, host: K3sHost) -> None:
+        self.host = host
+
+    async def version(self) -> str:
+        return self.host.installed
+
+    async def stage(self, version: str) -> None:
+        await asyncio.sleep(self.host.machine.world.rng.uniform(0.2, 3.0))
+        self.host.staged = version
+
+    async def staged(self) -> str:
+        return self.host.staged
+
+    async def swap(self) -> None:
+        host = self.host
+        host.previous, host.installed, host.staged = host.installed, host.staged, ""
+
+    async def restore(self) -> bool:
+        host = self.host
+        if not host.previous:
+            return False
+        host.installed, host.previous = host.previous, ""
+        return True
+
+
+class SimKube:
+    """``upgrader.Kube``: cordon, drain and uncordon take a moment; no pods are modelled."""
+
+    def __init__(self, machine: SimMachine) -> None:
+        self.machine = machine
+
+    async def run(self, op: str, node: str, limit: float = 0.0, *, forward: bool = True) -> str:
+        await asyncio.sleep(self.machine.world.rng.uniform(0.01, min(2.0, max(limit, 0.1))))
+        return f"{op} {node}"

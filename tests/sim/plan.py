@@ -33,8 +33,12 @@ WEIGHTS = (14, 12, 10, 6, 10, 10, 10, 8, 6, 6)
 LATER_KINDS = (
     ("die_mid_write", 0.08),  # generation 2
     ("systemd_restart", 0.15),  # generation 3
+    ("rollout", 0.25),  # generation 4: planned operations (issue 15)
+    ("maintenance", 0.15),  # generation 5
+    ("pause", 0.12),  # generation 6
 )
 GENERATION = 1 + len(LATER_KINDS)
+Generation = int | str  # a number, or the names of the later kinds drawn (later_kinds)
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,10 @@ class Fault:
             "sighup": f"SIGHUP everywhere: {self.how} changed to {self.arg:g}",
             "die_mid_write": "a server crashes; the coordinator crashes in the middle of its "
             f"next role write (both back after {self.duration:.1f} s)",
+            "rollout": "k3s.version changed everywhere (SIGHUP): a rolling upgrade to "
+            + ("a new release" if self.how == "good" else "a release that panics at start"),
+            "maintenance": f"machine put in maintenance for {self.duration:.1f} s",
+            "pause": f"fleet paused for {self.duration:.1f} s",
         }[self.kind]
         return what
 
@@ -106,6 +114,8 @@ class Plan:
         after ready_timeout."""
         bound = self.dead_after + 3 * self.lease_ttl + self.stop_timeout + self.backoff_max + 15
         bound += LOCK_WAIT
+        if any(f.kind == "rollout" for f in self.faults):
+            bound += 30.0 * self.machines  # one machine at a time: start, ready, stable
         if any(f.kind == "k3s_broken" for f in self.faults) or any(
             k != "none" for k in self.k3s_faults
         ):
@@ -142,7 +152,24 @@ class Plan:
         return "\n".join(lines)
 
 
-def make_plan(seed: int, generation: int = GENERATION) -> Plan:
+def later_kinds(generation: Generation) -> tuple[tuple[str, float], ...]:
+    """The later fault kinds a plan draws: a generation number takes the first ones; a
+    comma-separated list of names takes only those (the plans of seeds found on a branch where
+    they were the only later kinds)."""
+    if isinstance(generation, int):
+        return LATER_KINDS[: generation - 1]
+    names = generation.split(",")
+    unknown = set(names) - {k for k, _ in LATER_KINDS}
+    if unknown:
+        raise ValueError(f"unknown fault kinds {sorted(unknown)}")
+    return tuple((k, p) for k, p in LATER_KINDS if k in names)
+
+
+def parse_generation(text: str) -> Generation:
+    return int(text) if text.isdigit() else text
+
+
+def make_plan(seed: int, generation: Generation = GENERATION) -> Plan:
     rng = random.Random(seed)
     n = rng.choice((3, 3, 4, 4, 5))
     count = rng.choice((1, 2, 2, 2, 3)) if n > 3 else rng.choice((1, 2, 2))
@@ -171,7 +198,7 @@ def make_plan(seed: int, generation: int = GENERATION) -> Plan:
         faults.append(_fault(rng, kind, t, n))
         t += rng.uniform(0.0, 25.0)
     extra = random.Random(seed * 7919 + 1)
-    for kind, p in LATER_KINDS[: generation - 1]:
+    for kind, p in later_kinds(generation):
         if extra.random() < p:
             at = FAULT_START + extra.uniform(0.0, 40.0)
             faults.append(_fault(extra, kind, at, n))
@@ -214,6 +241,12 @@ def _fault(rng: random.Random, kind: str, at: float, n: int) -> Fault:
         return Fault(at, kind, one, rng.uniform(20.0, 60.0))
     if kind == "systemd_restart":
         return Fault(at, kind, one, arg=rng.uniform(0.5, 3.0))
+    if kind == "rollout":
+        return Fault(at, kind, None, how="good" if rng.random() < 0.8 else "bad")
+    if kind == "maintenance":
+        return Fault(at, kind, one, rng.uniform(10.0, 60.0))
+    if kind == "pause":
+        return Fault(at, kind, None, rng.uniform(5.0, 40.0))
     how = rng.choice(("count", "labels"))
     arg = float(rng.randint(1, 3)) if how == "count" else float(rng.randint(1, 99))
     return Fault(at, "sighup", None, arg=arg, how=how)

@@ -12,7 +12,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.sim.plan import GENERATION, make_plan
+from tests.sim.plan import GENERATION, Generation, make_plan
 from tests.sim.world import World
 
 
@@ -27,7 +27,7 @@ class Result:
 
 
 def run_seed(
-    seed: int, *, keep_trace: bool = False, generation: int = GENERATION
+    seed: int, *, keep_trace: bool = False, generation: Generation = GENERATION
 ) -> tuple[Result, str]:
     plan = make_plan(seed, generation)
     # Role files are written (and fsynced) for real: on tmpfs that costs nothing.
@@ -56,12 +56,12 @@ def run_seed(
     )
 
 
-def replay_command(seed: int, generation: int = GENERATION) -> str:
+def replay_command(seed: int, generation: Generation = GENERATION) -> str:
     older = f" --generation {generation}" if generation != GENERATION else ""
     return f".venv/bin/python -m tests.sim --seed {seed}{older}"
 
 
-def report(seed: int, violation: str, trace: str, generation: int = GENERATION) -> str:
+def report(seed: int, violation: str, trace: str, generation: Generation = GENERATION) -> str:
     return (
         f"seed {seed}: {violation}\n{make_plan(seed, generation).describe()}\n--- trace\n"
         f"{trace}\n--- replay: {replay_command(seed, generation)}"

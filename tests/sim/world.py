@@ -15,7 +15,9 @@ and stand-ins for the VIP and discovery. What a fault does to a machine:
   releasing nothing, k3s keeps running, and the next daemon adopts it;
 * datastore down (for all, or one machine: refused or blackholed), slow (statements delayed
   past the lease TTL, answers lost, statements that never return), clock steps, partitions;
-* a machine's k3s that never becomes ready or crash-loops; SIGHUP with a changed config.
+* a machine's k3s that never becomes ready or crash-loops; SIGHUP with a changed config;
+* planned operations: a rolling k3s upgrade (a new ``k3s.version`` everywhere; sometimes a
+  release that panics at start), a machine in maintenance for a while, the fleet paused.
 """
 
 from __future__ import annotations
@@ -40,14 +42,17 @@ from k3snoded.config import (
     NodeConfig,
     RegistrationConfig,
     ServersConfig,
+    UpgradeConfig,
     VipConfig,
 )
 from k3snoded.datastore import COORDINATOR_LEASE
 from k3snoded.fleet import FleetRoles
-from k3snoded.model import Role, RolePreference
+from k3snoded.model import InstallMode, Role, RolePreference
+from k3snoded.operations import READ_EVERY, Operations
 from k3snoded.process import ChildSpec
+from k3snoded.versions import older
 from k3snoded.vip import VipKeeper
-from tests.sim.k3smodel import K3sCluster, K3sHost, Proc, role_of
+from tests.sim.k3smodel import BAD, NEW, K3sCluster, K3sHost, Proc, SimBinary, SimKube, role_of
 from tests.sim.memstore import MemoryDatastore, Server
 from tests.sim.plan import Fault, Plan
 from tests.sim.supmodel import SupervisorModel
@@ -222,6 +227,12 @@ class SimMachine:
             peers=SimPeers(self, world.keys.get(self.name, world.key)),
             datastore=ds,
         )
+        self.roles.ops = Operations(
+            self.roles,
+            binary=SimBinary(self.host),
+            kube=SimKube(self),
+            clock=lambda: world.now,
+        )
         ctx = contextvars.copy_context()
         ctx.run(MACHINE.set, self.name)
         self.task = world.loop.create_task(self.roles.run(), name=self.name, context=ctx)
@@ -240,6 +251,9 @@ class SimMachine:
             self.supervisor.close()
         if self.task is not None:
             self.task.cancel()
+        if self.roles is not None and self.roles.ops is not None:
+            for task in self.roles.ops.tasks():  # the daemon's other tasks die with it
+                task.cancel()
         self.roles = None
         self.vip = None
 
@@ -302,11 +316,12 @@ class SimMachine:
         for fn, args in deferred:
             self.world.loop.call_soon(fn, *args)
 
-    def reload(self, cfg: Config) -> None:
+    def reload(self, cfg: Config, *, k3s_args: bool = True) -> None:
         """SIGHUP with a new config file: a frozen daemon handles it once thawed; a machine
-        that is down reads the file when it boots."""
+        that is down reads the file when it boots. ``k3s_args``: the change reaches k3s's
+        command line (k3s.version does not: the binary does, when it is swapped)."""
         self.cfg = cfg
-        self.config_version += 1
+        self.config_version += 1 if k3s_args else 0
         if self.roles is not None:
             self.later_daemon(0.0, self._reconfigure, cfg)
 
@@ -352,6 +367,7 @@ class World:
         self._pids = itertools.count(1000)
         self._faults: set[asyncio.Task[None]] = set()
         self._settle_logged = False
+        self.paused_since: float | None = None  # loop time the pause flag was written
 
     @property
     def now(self) -> float:
@@ -400,8 +416,12 @@ class World:
         self.trace(m.name, f"supervisor stops k3s {proc.role.value} (pid {proc.pid}): {why}")
         if proc.config_version != m.config_version or proc.first_start or proc.state != "ready":
             return
+        if proc.version != m.host.installed:
+            return  # the binary changed under it (an upgrade or a rollback): a config change
         if roles is not None and (roles.leaving or roles.wanted.reason.startswith("lost the boot")):
             return  # leaving, or the bootstrap fence (it cannot know the k3s just came up)
+        if roles is not None and roles.ops is not None and roles.ops.ineligible:
+            return  # in maintenance: out of service once handed over (a stated reason)
         if new is proc.role:
             self.fail(m.name, f"k3s {new.value} restarted without a change of role or config")
         # (judged by the assignment the daemon last read, not a newer one it cannot know)
@@ -424,6 +444,7 @@ class World:
         ]
         if len(starting) > 1:
             self.fail(",".join(starting), "two k3s servers inside the cluster's first start")
+        self._check_skew()
         writes = self.server.role_writes
         while self._writes_seen < len(writes):
             self._check_write(self._writes_seen)
@@ -431,8 +452,31 @@ class World:
         if self.now >= self.plan.settle_at:
             self._check_settled()
 
+    def _check_skew(self) -> None:
+        """k3s's version-skew rule: no ready agent runs a newer k3s than a ready server that
+        the datastore says is a server."""
+        servers, agents = [], []
+        for m in self.machines:
+            proc = m.host.proc
+            if not m.alive or m.frozen or proc is None or proc.state != "ready":
+                continue
+            row = self.server.members.get(m.name)
+            if proc.role is Role.SERVER and row is not None and row.assigned is Role.SERVER:
+                servers.append((m.name, proc.version))
+            elif proc.role is Role.AGENT:
+                agents.append((m.name, proc.version))
+        for s_name, s_version in servers:
+            for a_name, a_version in agents:
+                if older(s_version, a_version):
+                    self.fail(a_name, f"agent on {a_version} newer than server {s_name} on "
+                              f"{s_version} (version skew)")  # fmt: skip
+                    return
+
     def _check_write(self, i: int) -> None:
         w = self.server.role_writes[i]
+        lag = (READ_EVERY + 2) * 3.0 + 2 * self.plan.lease_ttl  # reading the flag, a cycle
+        if self.paused_since is not None and w.at - self.paused_since > lag:
+            self.fail(w.writer, "wrote roles while the fleet was paused")
         holder = self.server.lease_history[w.epoch - 1][1] if w.epoch else None
         if holder != w.writer or (i and w.epoch < self.server.role_writes[i - 1].epoch):
             self.fail(w.writer, f"wrote roles without holding the coordinator lease ({holder})")
@@ -455,6 +499,8 @@ class World:
             return False
         if m.cfg.node.role is RolePreference.AGENT or (m.roles is not None and m.roles.leaving):
             return False
+        if m.roles is not None and m.roles.ops is not None and m.roles.ops.ineligible:
+            return False  # in maintenance: its seat is handed over (a stated reason)
         beats = [t for t in self.server.heartbeats.get(name, []) if t <= read_at]
         slack = 2 * m.cfg.coordination.retry_timeout + 0.5
         return bool(beats) and read_at - beats[-1] < m.cfg.coordination.dead_after - slack
@@ -483,9 +529,33 @@ class World:
                 f"{len(ready)} ready servers ({', '.join(ready) or 'none'}), want {want}, "
                 f"{self.plan.settle_bound:.0f} s after the last fault",
             )
+        self._check_rolled_out()
         if not self._settle_logged:
             self._settle_logged = True
             self.trace("sim", f"settled: ready servers {', '.join(ready)}")
+
+    def _check_rolled_out(self) -> None:
+        """After a rollout: no k3s on the bad release (rolled back); with a good release and no
+        broken k3s, every machine up runs it."""
+        rollouts = [f for f in self.plan.faults if f.kind == "rollout"]
+        if not rollouts:
+            return
+        for m in self.machines:
+            proc = m.host.proc
+            if m.up and proc is not None and proc.version == BAD:
+                self.fail(m.name, f"still runs {BAD} (a release that panics) after the rollout")
+        broken = any(f.kind == "k3s_broken" for f in self.plan.faults) or any(
+            k != "none" for k in self.plan.k3s_faults
+        )
+        if rollouts[-1].how != "good" or broken:
+            return
+        behind = [
+            m.name
+            for m in self.machines
+            if m.up and (m.host.proc is None or m.host.proc.version != NEW)
+        ]
+        if behind:
+            self.fail(",".join(behind), f"not on {NEW} {self.plan.settle_bound:.0f} s after")
 
     # ---- running -------------------------------------------------------------------------------
     async def _main(self) -> None:
@@ -556,6 +626,13 @@ class World:
         elif f.kind == "sighup":
             for x in self.machines:
                 x.reload(reload_config(x.cfg, f))
+        elif f.kind == "rollout":
+            version = NEW if f.how == "good" else BAD
+            for x in self.machines:
+                k3s = replace(x.cfg.k3s, install=InstallMode.AUTO, version=version)
+                x.reload(replace(x.cfg, k3s=k3s), k3s_args=False)
+        elif f.kind in ("maintenance", "pause"):
+            await self._operation(f, m)
         self.trace(m.name if m else "sim", f"fault over: {f.kind}")
 
     async def _die_mid_write(self, f: Fault, m: SimMachine) -> None:
@@ -579,6 +656,32 @@ class World:
         for victim in victims:
             if not victim.alive:
                 victim.boot()
+
+    async def _operation(self, f: Fault, m: SimMachine | None) -> None:
+        """An operator's request on some machine that is up (retried while none can write
+        it), then its end after the fault's duration."""
+
+        async def ask(on: bool) -> None:
+            for _ in range(60):
+                up = [x for x in self.machines if x.up and x.roles and x.roles.ops]
+                if up:
+                    ops = self.rng.choice(up).roles.ops  # type: ignore[union-attr]
+                    assert ops is not None
+                    try:
+                        if f.kind == "pause":
+                            await ops.set_pause(on, "the simulator")
+                            self.paused_since = self.loop.time() if on else None
+                        else:
+                            assert m is not None
+                            await ops.set_maintenance(m.name, on, "the simulator")
+                        return
+                    except Exception as exc:  # the datastore said no: try again
+                        self.trace("sim", f"the request failed ({exc}); retrying")
+                await asyncio.sleep(2.0)
+
+        await ask(True)
+        await asyncio.sleep(f.duration)
+        await ask(False)
 
     async def _outage(self, f: Fault, m: SimMachine | None) -> None:
         how = f.how or "blackhole"
@@ -650,6 +753,7 @@ def machine_config(plan: Plan, i: int, workdir: Path) -> Config:
             restart_backoff_max=plan.backoff_max,
         ),
         datastore=DatastoreConfig(endpoint="postgres://k3s:k3s@198.18.0.240/k3s"),
+        upgrade=UpgradeConfig(stable_for=5.0, drain_timeout=5.0),
         coordination=CoordinationConfig(),
         servers=ServersConfig(count=plan.count),
         registration=RegistrationConfig(

@@ -427,3 +427,18 @@ def test_type_error_is_not_reported_twice(tmp_path: Path) -> None:
     d.write(deep_merge(d.fleet(), {"registration": {"vip": {"vrid": "51"}}}))
     problems = d.problems()
     assert [p.key for p in problems] == ["registration.vip.vrid"]
+
+
+def test_upgrade_settings_and_the_release_name_are_checked(tmp_path: Path) -> None:
+    d = ConfigDir(tmp_path)
+    cfg = d.fleet()
+    cfg["k3s"] = {"version": "v1.31"}
+    cfg["upgrade"] = {"agent_batch": 0, "drain_timeout": -1, "stable_for": -2}
+    d.write(cfg)
+    keys = {p.key for p in d.problems()}
+    assert {
+        "k3s.version",
+        "upgrade.agent_batch",
+        "upgrade.drain_timeout",
+        "upgrade.stable_for",
+    } <= keys

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import ssl
 import urllib.parse
 from pathlib import Path
@@ -202,7 +203,12 @@ class Agent:
         self, session: aiohttp.ClientSession, method: str, path: str, body: object = None
     ) -> tuple[int, bytes]:
         url = self.local + path
-        async with session.request(method, url, json=body, ssl=self.kubelet or False) as resp:
+        kind = "strategic-merge-patch+json" if method == "PATCH" else "json"
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": f"application/{kind}"} if data is not None else {}
+        async with session.request(
+            method, url, data=data, headers=headers, ssl=self.kubelet or False
+        ) as resp:
             return resp.status, await resp.read()
 
     async def _wait_apiserver_ready(self, session: aiohttp.ClientSession) -> bool:
@@ -240,6 +246,10 @@ class Agent:
                 if status in (201, 409):
                     if status == 201:
                         logs.info(f"Successfully registered node {self.node_name}")
+                    # The kubelet's status update: nodeInfo carries this binary's versions.
+                    info = {"status": {"nodeInfo": nodes.node_info()}}
+                    path = f"/api/v1/nodes/{self.node_name}/status"
+                    await self._api(session, "PATCH", path, info)
                     return
                 logs.info(f"Unable to register node with API server: {status}")
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:

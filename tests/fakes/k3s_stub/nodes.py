@@ -22,6 +22,7 @@ import platform
 from collections.abc import Iterable
 from typing import Any
 
+from tests.fakes.k3s_stub import VERSION
 from tests.fakes.k3s_stub.datastore import Store
 
 PREFIX = "/registry/minions/"
@@ -109,6 +110,18 @@ def _arch() -> str:
     return {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
 
 
+def node_info() -> dict[str, str]:
+    """``status.nodeInfo`` as this kubelet reports it: the versions are the binary's own (k3s
+    builds kubelet and kube-proxy with its release name, e.g. ``v1.31.4+k3s1``)."""
+    return {
+        "kubeletVersion": VERSION,
+        "kubeProxyVersion": VERSION,
+        "containerRuntimeVersion": "containerd://1.7.23-k3s2",
+        "operatingSystem": "linux",
+        "architecture": _arch(),
+    }
+
+
 def new_node(name: str, labels: dict[str, str], taints: list[dict[str, str]]) -> dict[str, Any]:
     default = {
         "beta.kubernetes.io/arch": _arch(),
@@ -128,7 +141,7 @@ def new_node(name: str, labels: dict[str, str], taints: list[dict[str, str]]) ->
             "creationTimestamp": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         },
         "spec": {"taints": taints} if taints else {},
-        "status": {},
+        "status": {"nodeInfo": node_info()},
     }
     return node
 
@@ -212,6 +225,11 @@ class Nodes:
             if wanted:
                 raise Conflict(_modified(name))
         raise Conflict(_modified(name))
+
+    async def report_status(self, name: str) -> None:
+        """The kubelet's status update: ``nodeInfo`` with the versions of this binary (after
+        an upgrade the Node object shows the new ``kubeletVersion``)."""
+        await self.patch(name, {"status": {"nodeInfo": node_info()}})
 
     async def merge_labels(self, name: str, labels: dict[str, str]) -> bool:
         """Add or change labels (never remove): what k3s does to an existing node. True when

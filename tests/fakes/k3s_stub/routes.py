@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.k3s_stub import logs, nodes, tls
+from tests.fakes.k3s_stub import COMMIT, GO_VERSION, VERSION, logs, nodes, pods, tls
 
 UNAUTHORIZED = {
     "kind": "Status",
@@ -53,6 +53,7 @@ class ServerState:
     check_node_password: Callable[[str, str], Awaitable[None]]
     datastore_ok: Callable[[], Awaitable[bool]] | None = None
     nodes: nodes.Nodes | None = None
+    pods: pods.Pods | None = None
     ready: bool = False
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -207,6 +208,10 @@ def build_app(state: ServerState) -> web.Application:
             return await _readyz(state)
         if path == "/livez":
             return web.Response(text="ok")
+        if path == "/version":
+            return web.json_response(version_info())
+        if path.startswith(("/api/v1/pods", "/api/v1/namespaces/", "/apis/policy/v1/")):
+            return await pods.route(request, state.pods, who, path, state.ready)
         if path == "/api/v1/nodes" or path.startswith("/api/v1/nodes/"):
             return await _nodes(request, state, who, path[len("/api/v1/nodes") :].strip("/"))
         return _status(404, "NotFound", "the server could not find the requested resource")
@@ -216,6 +221,22 @@ def build_app(state: ServerState) -> web.Application:
     app.router.add_route("*", "/v1-k3s/{name}", agent_route)
     app.router.add_route("*", "/{tail:.*}", kube)
     return app
+
+
+def version_info() -> dict[str, str]:
+    """kube-apiserver ``/version``: k3s builds it with its release name as ``gitVersion``."""
+    core = VERSION.lstrip("v").split("+")[0].split("-")[0].split(".")
+    return {
+        "major": core[0],
+        "minor": core[1] if len(core) > 1 else "",
+        "gitVersion": VERSION,
+        "gitCommit": COMMIT,
+        "gitTreeState": "clean",
+        "buildDate": "2024-12-10T00:00:00Z",
+        "goVersion": GO_VERSION,
+        "compiler": "gc",
+        "platform": f"linux/{nodes._arch()}",
+    }
 
 
 _HOOK = "[+]poststarthook/start-apiserver-admission-initializer ok\n"
@@ -237,12 +258,15 @@ async def _readyz(state: ServerState) -> web.Response:
     return web.Response(status=500, text=body)
 
 
-def _may(who: tuple[str, tuple[str, ...]], verb: str, name: str) -> bool:
+def _may(who: tuple[str, tuple[str, ...]], verb: str, name: str, sub: str = "") -> bool:
     cn, orgs = who
     if "system:masters" in orgs:
         return True
-    # The node authorizer: a kubelet reads and creates its own Node object only.
-    return "system:nodes" in orgs and cn == f"system:node:{name}" and verb in ("get", "create")
+    # The node authorizer: a kubelet reads and creates its own Node object and updates its
+    # status; nothing else.
+    if "system:nodes" not in orgs or cn != f"system:node:{name}":
+        return False
+    return verb in ("get", "create") or (sub == "status" and verb in ("patch", "update"))
 
 
 async def _nodes(
@@ -250,6 +274,9 @@ async def _nodes(
 ) -> web.StreamResponse:
     if state.nodes is None or not state.ready:
         return _status(503, "ServiceUnavailable", "the server is currently unable to handle it")
+    name, _, sub = name.partition("/")
+    if sub not in ("", "status"):
+        return _status(404, "NotFound", "the server could not find the requested resource")
     method = request.method
     verb = {"GET": "get" if name else "list", "POST": "create", "PUT": "update"}.get(
         method, "patch"
@@ -264,12 +291,15 @@ async def _nodes(
             return _status(400, "BadRequest", "the request body must be a JSON object")
         if method == "POST":
             name = str((body.get("metadata") or {}).get("name", ""))
-    if not _may(who, verb, name):
+    if not _may(who, verb, name, sub):
+        resource = f"nodes/{sub}" if sub else "nodes"
         return _status(
             403,
             "Forbidden",
-            f'nodes "{name}" is forbidden: User "{who[0]}" cannot {verb} resource "nodes"',
+            f'nodes "{name}" is forbidden: User "{who[0]}" cannot {verb} resource "{resource}"',
         )
+    if sub == "status" and body is not None:
+        body = {"status": body.get("status") or {}}  # the status subresource changes only that
     try:
         if verb == "list":
             items = await state.nodes.list()

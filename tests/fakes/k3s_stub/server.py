@@ -23,6 +23,7 @@ from tests.fakes.k3s_stub import (
     logs,
     node,
     nodes,
+    pods,
     process,
     tokens,
 )
@@ -300,6 +301,7 @@ class Server:
             check_node_password=self.check_node_password,
             datastore_ok=Health(self.store.ep).ok,
             nodes=nodes.Nodes(self.store),
+            pods=pods.Pods(self.store),
         )
         runner = web.AppRunner(build_app(self.state), access_log=None, shutdown_timeout=0.5)
         await runner.setup()
@@ -397,6 +399,7 @@ async def register_node(
                 pass
             if await api.merge_labels(name, {**labels, **(role_labels or {})}):
                 logs.info(f"labels have been set successfully on node: {name}")
+                await api.report_status(name)
                 return
         except Exception as exc:
             logs.info(f"Waiting for control-plane node {name} startup: {exc}")
