@@ -269,13 +269,17 @@ class Operations:
             await self.roles.ds.set_flag(name, text)
             self._pending.pop(name, None)
 
-    async def _write_progress(self, p: Progress) -> None:
+    async def _write_progress(self, p: Progress) -> bool:
+        """Record an upgrade step; False (kept in _pending for the next cycle) when the
+        datastore does not take it now."""
         self.view = dataclasses.replace(self.view, progress={**self.view.progress, p.node: p})
         name = node_flag(UPGRADE_PREFIX, p.node)
         try:
             await self.write(name, dump(p))
-        except Exception as exc:  # kept in _pending: the upgrade goes on
+        except Exception as exc:
             log.warning("cannot record the upgrade step %s yet: %s", p.step, exc)
+            return False
+        return True
 
     def _lease_fresh(self) -> bool:
         """The coordinator lease was renewed recently enough that a write started now lands

@@ -42,6 +42,7 @@ from k3snoded.versions import older
 log = logging.getLogger("k3snoded.upgrade")
 
 POLL = 0.25  # seconds between looks at the local k3s while waiting
+RECORD_RETRY = 2.0  # seconds between tries to record a step the upgrade waits on
 RETRY_FIRST = 30.0  # seconds before a failed download is tried again; doubles to RETRY_MAX
 RETRY_MAX = 600.0
 VIP_KEY = "upgrade"
@@ -93,7 +94,7 @@ class Upgrader:
         binary: Binary,
         kube: Kube,
         ctl: K3sControl,
-        write: Callable[[Progress], Awaitable[None]],
+        write: Callable[[Progress], Awaitable[bool]],
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.me = me
@@ -163,8 +164,20 @@ class Upgrader:
 
     # ---- the steps -----------------------------------------------------------------------
     async def _step(self, target: str, old: str, step: str, error: str = "") -> None:
+        """Record a step; if the datastore does not take it now, at a later cycle."""
         self.progress = Progress(self.me, target, old, step, self._clock(), error)
         await self._write(self.progress)
+
+    async def _step_recorded(self, target: str, old: str, step: str) -> None:
+        """Record a step before going on, waiting while the datastore does not answer: k3s is
+        restarted for an upgrade only then, because a server cannot start without its
+        datastore, and a restart during an outage would fail the release (and halt the
+        rollout) for the outage's sake."""
+        while True:
+            self.progress = Progress(self.me, target, old, step, self._clock())
+            if await self._write(self.progress):
+                return
+            await asyncio.sleep(RECORD_RETRY)
 
     async def _run(self, target: str, resume: Progress | None) -> None:
         old = resume.from_version if resume is not None and resume.from_version else self.version
@@ -177,7 +190,7 @@ class Upgrader:
                 await self._wait_for_the_servers(target)
                 step = "restarting"
             if step == "restarting":
-                await self._step(target, old, "restarting")
+                await self._step_recorded(target, old, "restarting")
                 if await self.binary.version() != target:
                     if await self.binary.staged() != target:
                         await self.binary.stage(target)

@@ -76,7 +76,12 @@ REGRESSIONS_OPS = {
     (OPS_3, 511): "an agent being upgraded was promoted; its new k3s was rolled back under a "
     "newer agent",
 }
+REGRESSIONS_GEN6 = {
+    199: "a server granted its upgrade restarted k3s during a datastore outage: the new k3s "
+    "could not start, the release was judged failed, and the rollout halted for good",
+}
 REGRESSIONS = [
+    *(pytest.param(6, s, id=f"gen6-seed-{s}") for s in sorted(REGRESSIONS_GEN6)),
     *(pytest.param(1, s, id=f"seed-{s}") for s in sorted(REGRESSIONS_GEN1)),
     *(pytest.param(2, s, id=f"gen2-seed-{s}") for s in sorted(REGRESSIONS_GEN2)),
     *(pytest.param(3, s, id=f"gen3-seed-{s}") for s in sorted(REGRESSIONS_GEN3)),
