@@ -147,13 +147,19 @@ class Booted:
 
     def wait_running(self) -> None:
         deadline = time.monotonic() + BOOT_TIMEOUT
-        state = ""
+        state, said = "", ""
         while time.monotonic() < deadline:
-            state = self.sh("systemctl is-system-running", check=False).stdout.strip()
+            answer = self.sh("systemctl is-system-running", check=False)
+            state, said = answer.stdout.strip(), answer.stderr.strip()
             if state in ("running", "degraded"):
                 return
             time.sleep(0.2)
-        raise SystemdLabError(f"{self.name}: system state {state!r} after {BOOT_TIMEOUT} s")
+        exited = "" if self.proc is None or self.proc.poll() is None else " (nspawn exited)"
+        log = self.log_path.read_text(errors="replace")[-2000:] if self.log_path.exists() else ""
+        raise SystemdLabError(
+            f"{self.name}: system state {state!r} after {BOOT_TIMEOUT} s{exited}; "
+            f"systemctl said {said!r}; nspawn's log ends:\n{log}"
+        )
 
     def shutdown(self, timeout: float = 30.0) -> None:
         """Power the container off (orderly), unmount, remove its upper layer. Idempotent."""
