@@ -12,6 +12,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.sim.known import KNOWN_OPEN
 from tests.sim.plan import GENERATION, Generation, make_plan
 from tests.sim.world import World
 
@@ -89,10 +90,18 @@ def default_jobs() -> int:
 def sweep(start: int, count: int, jobs: int, *, quiet: bool = False) -> int:
     """Run seeds start..start+count-1; print failures (trace + replay) and a summary line."""
     began = time.monotonic()
-    failures = 0
+    failures = known = 0
     machine_seconds = 0.0
     for result, trace in run_many(range(start, start + count), jobs):
         machine_seconds += result.machine_seconds
+        if result.seed in KNOWN_OPEN:
+            if result.violation:
+                known += 1
+                print(f"known open, seed {result.seed}: {result.violation}")
+            else:
+                failures += 1
+                print(f"FAIL seed {result.seed} holds now: take it off tests/sim/known.py")
+            continue
         if result.violation:
             failures += 1
             if failures <= 3:
@@ -101,7 +110,8 @@ def sweep(start: int, count: int, jobs: int, *, quiet: bool = False) -> int:
     elapsed = time.monotonic() - began
     if not quiet or failures:
         print(
-            f"sim: {count} seeds ({start}..{start + count - 1}), {failures} invariant violations, "
+            f"sim: {count} seeds ({start}..{start + count - 1}), {failures} invariant violations "
+            f"(and {known} known open, tests/sim/known.py), "
             f"{elapsed:.1f} s, {machine_seconds / 3600:.0f} simulated machine-hours "
             f"({machine_seconds / 3600 / max(elapsed, 1e-9):.1f} per second, {jobs} jobs)"
         )
