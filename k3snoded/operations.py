@@ -52,7 +52,7 @@ from k3snoded.opsstate import (
     parse,
 )
 from k3snoded.roles import Wanted
-from k3snoded.rollout import RolloutInput, decide_with_skew, plan
+from k3snoded.rollout import RolloutInput, decide_with_skew, in_upgrade, plan
 from k3snoded.switchover import Ask, Outcome, Target, hand_over
 from k3snoded.upgrader import Binary, Kube, Upgrader
 from k3snoded.versions import older
@@ -130,7 +130,8 @@ class Operations:
         r = self.view.rollout
         if r is None or r.state != RUNNING:
             return decide_with_skew(inp, self.roles.versions, (), "")
-        return decide_with_skew(inp, self.roles.versions, r.grants, r.target)
+        upgrading = in_upgrade(r, self.view.progress)
+        return decide_with_skew(inp, self.roles.versions, upgrading, r.target)
 
     def override(self, mine: Role | None) -> Wanted | None:
         roles = self.roles
@@ -173,6 +174,20 @@ class Operations:
             ):
                 return f"server {m.name} runs k3s {v}, older than {version} (version-skew rule)"
         return ""
+
+    def no_server_ready(self) -> bool:
+        """This machine is an agent and no live server is ready: its k3s cannot be ready."""
+        roles = self.roles
+        if roles.assigned.get(self.me) is Role.SERVER:
+            return False
+        live = set(self.live())
+        return not any(
+            m.name in live
+            and m.name != self.me
+            and m.ready
+            and roles.assigned.get(m.name) is Role.SERVER
+            for m in roles.members
+        )
 
     async def after_cycle(self) -> None:
         await self._flush()

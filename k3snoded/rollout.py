@@ -112,6 +112,11 @@ def plan(inp: RolloutInput) -> RolloutDecision:
         elif step in EARLY and _agent_ahead_of_servers(inp, live, behind, name):
             grants.remove(name)
             said.append(f"{name} is an agent now: upgraded after every server")
+        elif step != STEP_DONE and _agent_ahead_of_servers(inp, live, behind, name):
+            # Demoted after its binary was swapped: it waits, stopped, for the servers to
+            # run the target, and finishes its upgrade on its own then (upgrader.py).
+            grants.remove(name)
+            said.append(f"{name} is an agent now: its upgrade ends once the servers run {target}")
     state = RUNNING
     if not grants and not inp.paused:
         grants, why = _next(inp, live, behind)
@@ -167,6 +172,20 @@ def _next(
     if batch:
         return batch, f"upgrading agent(s) {', '.join(batch)}"
     return [], ""
+
+
+def in_upgrade(r: Rollout, progress: Mapping[str, Progress]) -> tuple[str, ...]:
+    """The machines being upgraded: those granted, and those past their restart for the
+    target that left the grants meanwhile (an agent waiting for the servers; a machine whose
+    heartbeat stopped): their release is settled only when their upgrade ends."""
+    started = sorted(
+        n
+        for n, p in progress.items()
+        if p.target == r.target
+        and p.step not in (*EARLY, STEP_DONE, STEP_FAILED)
+        and n not in r.grants
+    )
+    return (*r.grants, *started)
 
 
 def decide_with_skew(

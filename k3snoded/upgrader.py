@@ -12,7 +12,9 @@ Steps (``Progress.step``):
 4. ``restarting``: the staged binary is swapped in (the previous one kept), k3s is stopped and
    started on it: the one k3s restart of the upgrade;
 5. ``starting``: ready within ``k3s.ready_timeout``, then ready for ``upgrade.stable_for``
-   without exiting (a readiness blip restarts the stable clock; an exit fails);
+   without exiting (a readiness blip restarts the stable clock; an exit fails). An agent is
+   not judged on a readiness it cannot have: held by the version-skew rule, its wait starts
+   again once it may run; with no server ready, running without an exit is the test;
 6. ``uncordoning``: uncordoned, the VIP free to come back; then ``done``.
 
 A failure in 1-3 (the release cannot be downloaded or verified) changes nothing on the machine:
@@ -79,6 +81,8 @@ class K3sControl(Protocol):
     def vip_back(self) -> None: ...
 
     def skew_blocks(self, version: str) -> str: ...
+
+    def no_server_ready(self) -> bool: ...
 
 
 class Failed(Exception):
@@ -291,18 +295,36 @@ class Upgrader:
             raise Failed(f"k3s did not stop within {cfg.k3s.stop_timeout + 20.0:g} s")
 
     async def _ready_and_stable(self, cfg: Config) -> None:
-        """Ready within k3s.ready_timeout, then ready for upgrade.stable_for without an exit."""
-        deadline = _now() + cfg.k3s.ready_timeout + cfg.upgrade.stable_for
+        """Ready within k3s.ready_timeout, then ready for upgrade.stable_for without an exit.
+
+        Two states of an agent say nothing about its release: held stopped by the version-skew
+        rule (a server demoted mid-upgrade came back as an agent newer than a server; the
+        rollout upgrades that server), where the wait starts again once it may run; and no
+        server ready (an agent cannot be ready without one), where running for stable_for
+        without an exit is all that can be asked of it."""
+        window = cfg.k3s.ready_timeout + cfg.upgrade.stable_for
+        deadline = _now() + window
         restarts = self.ctl.child.restarts
         stable_since: float | None = None
+        said = ""
         while True:
             child = self.ctl.child
             now = _now()
             if child.restarts != restarts:
                 raise Failed(f"k3s {self.version} exited ({child.message})")
-            if child.ready:
+            held = self.ctl.skew_blocks(self.version)
+            if held:
+                deadline = now + window
+                if held != said:
+                    log.info("upgrade: k3s %s waits to be judged: %s", self.version, held)
+                    said = held
+            alone = not held and child.pid is not None and self.ctl.no_server_ready()
+            if child.ready or alone:
                 stable_since = now if stable_since is None else stable_since
                 if now - stable_since >= cfg.upgrade.stable_for:
+                    if not child.ready:
+                        log.info("upgrade: k3s %s runs without exiting; no server is ready "
+                                 "to judge it further", self.version)  # fmt: skip
                     return
             else:
                 stable_since = None

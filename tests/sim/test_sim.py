@@ -79,6 +79,12 @@ REGRESSIONS_OPS = {
 REGRESSIONS_GEN6 = {
     199: "a server granted its upgrade restarted k3s during a datastore outage: the new k3s "
     "could not start, the release was judged failed, and the rollout halted for good",
+    169: "a server demoted mid-upgrade came back as an agent on the new release, held by the "
+    "skew rule; its grant kept the rollout from upgrading the server it waited for, and its "
+    "readiness wait ran out: judged failed, the rollout halted",
+    1078: "an agent's upgrade was judged on readiness while no server was ready (an agent "
+    "cannot be ready without one): judged failed, the rollout halted, and the only server, "
+    "broken, was not replaced within the bound",
 }
 REGRESSIONS = [
     *(pytest.param(6, s, id=f"gen6-seed-{s}") for s in sorted(REGRESSIONS_GEN6)),
