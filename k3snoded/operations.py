@@ -52,7 +52,7 @@ from k3snoded.opsstate import (
     parse,
 )
 from k3snoded.roles import Wanted
-from k3snoded.rollout import RolloutInput, decide_with_skew, in_upgrade, plan
+from k3snoded.rollout import RolloutInput, decide_with_skew, in_upgrade, plan, settled_version
 from k3snoded.switchover import Ask, Outcome, Target, hand_over
 from k3snoded.upgrader import Binary, Kube, Upgrader
 from k3snoded.versions import older
@@ -159,20 +159,27 @@ class Operations:
 
     def skew_blocks(self, version: str) -> str:
         """Why this machine, an agent, may not run k3s ``version`` now: a live server runs an
-        older release (k3s's version-skew rule); "" when it may (or it is a server)."""
+        older release (k3s's version-skew rule), or, for a k3s not running yet, is being
+        upgraded from one (it may yet be rolled back to it; a running agent is stopped only
+        for what heartbeats say, never for a progress flag read a while ago); "" when it may
+        (or it is a server)."""
         roles = self.roles
         if roles.assigned.get(self.me) is Role.SERVER:
             return ""
         dead_after = roles.cfg.coordination.dead_after
+        progress = self.view.progress if self.child.pid is None else {}
+        if self.child.pid is None and not self._read_once:
+            return "the upgrade flags are not read yet (a server may be mid-upgrade)"
         for m in roles.members:
-            v = roles.versions.get(m.name, "")
+            v = settled_version(m.name, roles.versions, progress)
             if (
                 m.name != self.me
                 and roles.assigned.get(m.name) is Role.SERVER
                 and m.heartbeat_age <= dead_after
                 and older(v, version)
             ):
-                return f"server {m.name} runs k3s {v}, older than {version} (version-skew rule)"
+                runs = "runs" if v == roles.versions.get(m.name, "") else "is upgrading from"
+                return f"server {m.name} {runs} k3s {v}, older than {version} (version-skew rule)"
         return ""
 
     def no_server_ready(self) -> bool:
@@ -248,6 +255,8 @@ class Operations:
     # ---- reading and writing the flags --------------------------------------------------------
     async def _read(self) -> None:
         self.view = parse(await self.roles.ds.flags())
+        if not self._read_once:
+            self.roles.wake()  # an agent may wait for this first read (skew_blocks)
         self._read_due, self._read_once, self._cycles = False, True, 0
 
     def _read_needed(self) -> bool:

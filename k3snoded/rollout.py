@@ -188,6 +188,20 @@ def in_upgrade(r: Rollout, progress: Mapping[str, Progress]) -> tuple[str, ...]:
     return (*r.grants, *started)
 
 
+def settled_version(
+    name: str, versions: Mapping[str, str], progress: Mapping[str, Progress]
+) -> str:
+    """A machine's release for the version-skew rule: what its heartbeat reports, except while
+    its upgrade is under way: its heartbeat reports the new release once the binary is
+    swapped, but until the upgrade ends it may be rolled back, so it counts as the release it
+    upgrades from (an agent started beside it meanwhile would have to stop again)."""
+    v = versions.get(name, "")
+    p = progress.get(name)
+    if p is not None and p.step not in (STEP_DONE, STEP_FAILED) and older(p.from_version, v):
+        return p.from_version
+    return v
+
+
 def decide_with_skew(
     inp: ElectionInput, versions: Mapping[str, str], upgrading: Sequence[str], target: str
 ) -> Decision:

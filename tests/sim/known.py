@@ -6,9 +6,6 @@ list and keep it in test_sim.py as a regression). Replay: ``python -m tests.sim 
 from __future__ import annotations
 
 KNOWN_OPEN: dict[int, str] = {
-    264: "a returning upgraded machine starts its agent while a server is mid-upgrade; that "
-    "server's upgrade fails and rolls back, and the agent is stopped for the skew rule: a "
-    "restart the daemon could have avoided by waiting for the server's release to settle",
     774: "an agent frozen (SIGSTOP) while its k3s stops for the upgrade finds the stop deadline "
     "passed when thawed: judged failed, the rollout halts",
 }

@@ -7,7 +7,7 @@ import dataclasses
 from k3snoded.election import ElectionInput, decide
 from k3snoded.model import Member, Role, RolePreference
 from k3snoded.opsstate import DONE, HALTED, RUNNING, Progress, Rollout
-from k3snoded.rollout import RolloutInput, decide_with_skew, in_upgrade, plan
+from k3snoded.rollout import RolloutInput, decide_with_skew, in_upgrade, plan, settled_version
 
 OLD, NEW = "v1.31.4+k3s1", "v1.31.5+k3s1"
 
@@ -309,3 +309,22 @@ def test_a_server_demoted_after_its_restart_leaves_the_grants_for_the_servers() 
     assert in_upgrade(d.rollout, progress) == ("s2", "s1")
     done = {"s1": _done("s1")}
     assert in_upgrade(d.rollout, done) == ("s2",)
+
+
+def test_a_server_mid_upgrade_counts_as_its_old_release_for_the_skew_rule() -> None:
+    """Found by the simulator (seed 264, generation 6): s1's heartbeat reported the new
+    release once its binary was swapped, so a returning upgraded agent started beside it; s1's
+    new k3s failed and was rolled back, and the agent had to stop again (a needless restart).
+    Until its upgrade ends, a machine counts as the release it upgrades from."""
+    versions = {"s1": NEW, "a1": NEW}
+    for step in ("restarting", "starting", "rolling-back", "uncordoning"):
+        progress = {"s1": Progress("s1", NEW, OLD, step)}
+        assert settled_version("s1", versions, progress) == OLD, step
+    for step in ("done", "failed"):
+        progress = {"s1": Progress("s1", NEW, OLD, step)}
+        assert settled_version("s1", versions, progress) == NEW, step
+    assert settled_version("s1", versions, {}) == NEW
+    assert settled_version("a1", versions, {"s1": Progress("s1", NEW, OLD, "starting")}) == NEW
+    # Never newer than the heartbeat says (a rolled-back binary reports the old release).
+    progress = {"s1": Progress("s1", NEW, OLD, "rolling-back")}
+    assert settled_version("s1", {"s1": OLD}, progress) == OLD
