@@ -14,11 +14,16 @@ Two things would let the real world leak in, and both are closed here:
 
 ``on_step(now)`` is called each time the clock is about to move, i.e. at every instant once all
 work due at that instant has run: the simulator checks its invariants there.
+
+``hold(context, again)`` is asked before each step of a task: when it returns True the step
+does not run, and the simulator calls ``again()`` to run it later (a frozen machine's daemon:
+its tasks make no progress while its timers still come due, as under SIGSTOP).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import selectors
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -78,11 +83,35 @@ class VirtualLoop(asyncio.SelectorEventLoop):
         selector.loop = self
         self.now = start
         self.on_step: Callable[[float], None] | None = None
+        self.hold: Callable[[contextvars.Context, Callable[[], None]], bool] | None = None
         self._clock_resolution = 1e-9
         self._spins = 0
 
     def time(self) -> float:
         return self.now
+
+    def call_soon(  # type: ignore[override]
+        self,
+        callback: Callable[..., object],
+        *args: Any,
+        context: contextvars.Context | None = None,
+    ) -> asyncio.Handle:
+        """Task steps go through ``hold`` (see the module docstring); other callbacks (timers
+        coming due, the datastore model's work) run as they are."""
+        if self.hold is None or not isinstance(getattr(callback, "__self__", None), asyncio.Task):
+            return super().call_soon(callback, *args, context=context)
+        ctx = context if context is not None else contextvars.copy_context()
+        return super().call_soon(self._step, callback, args, ctx, context=ctx)
+
+    def _step(
+        self, callback: Callable[..., object], args: tuple[Any, ...], ctx: contextvars.Context
+    ) -> None:
+        def again() -> None:
+            self.call_soon(callback, *args, context=ctx)
+
+        if self.hold is not None and self.hold(ctx, again):
+            return
+        callback(*args)
 
     def _run_once(self) -> None:
         self._spins += 1

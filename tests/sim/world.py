@@ -7,7 +7,8 @@ and stand-ins for the VIP and discovery. What a fault does to a machine:
 
 * crash: the daemon and k3s vanish, the server is not told (open transactions are abandoned);
   the machine boots again later with its state directory;
-* freeze (SIGSTOP of everything): the machine sends, reads and starts nothing until thawed;
+* freeze (SIGSTOP of everything): the machine sends, reads and starts nothing until thawed,
+  and its daemon's tasks take no step (its clock runs on, as CLOCK_MONOTONIC does);
 * daemon kill (SIGKILL of k3snoded only, restarted 5 s later, as systemd does): k3s keeps
   running and is adopted; the kernel closes the connection, so the server rolls back at once;
 * daemon stop and start: ``FleetRoles.stop`` in the daemon's order, then k3s stopped;
@@ -191,6 +192,7 @@ class SimMachine:
         self.daemon_gen = 0
         self.boot_gen = 0
         self._deferred: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+        self._held: list[Callable[[], None]] = []  # the daemon's task steps while frozen
 
     @property
     def up(self) -> bool:
@@ -312,9 +314,21 @@ class SimMachine:
             return
         self.frozen = False
         self.thaw_event.set()
+        # The daemon looks first, then what k3s did meanwhile arrives (the harder order for
+        # the daemon: it finds its waits' time gone and k3s not yet reaped).
+        held, self._held = self._held, []
+        for again in held:
+            again()
         deferred, self._deferred = self._deferred, []
         for fn, args in deferred:
             self.world.loop.call_soon(fn, *args)
+
+    def hold(self, again: Callable[[], None]) -> bool:
+        """A step of one of this machine's tasks: held while the machine is frozen."""
+        if not self.frozen:
+            return False
+        self._held.append(again)
+        return True
 
     def reload(self, cfg: Config, *, k3s_args: bool = True) -> None:
         """SIGHUP with a new config file: a frozen daemon handles it once thawed; a machine
@@ -372,6 +386,10 @@ class World:
     @property
     def now(self) -> float:
         return self.loop.now - self.start
+
+    def _hold(self, ctx: contextvars.Context, again: Callable[[], None]) -> bool:
+        name = ctx.get(MACHINE, "sim")
+        return any(m.name == name and m.hold(again) for m in self.machines)
 
     def next_pid(self) -> int:
         return next(self._pids)
@@ -711,6 +729,7 @@ class World:
         logger.handlers, logger.propagate = [handler], False
         logger.setLevel(logging.INFO)
         self.loop.on_step = self.on_step
+        self.loop.hold = self._hold
         asyncio.set_event_loop(self.loop)
         self.loop.set_exception_handler(self._on_error)
         try:
@@ -719,6 +738,9 @@ class World:
             if self.violation is None:  # not stopped by fail(): a real error
                 raise
         finally:
+            self.loop.hold = None
+            for m in self.machines:
+                m.thaw()
             for task in asyncio.all_tasks(self.loop):
                 task.cancel()
             with contextlib.suppress(RuntimeError, asyncio.CancelledError):
