@@ -286,8 +286,8 @@ class Upgrader:
         k3s.binary is now; Failed when it did not stop."""
         cfg = self._cfg()
         await self.ctl.hold_down(why)
-        deadline = _now() + cfg.k3s.stop_timeout + 20.0
-        while self.ctl.child.pid is not None and _now() < deadline:  # noqa: ASYNC110
+        deadline = Deadline(cfg.k3s.stop_timeout + 20.0)
+        while self.ctl.child.pid is not None and not deadline.passed():  # noqa: ASYNC110
             await asyncio.sleep(POLL)  # (the supervisor's status is polled, like the probes)
         stopped = self.ctl.child.pid is None
         await self.ctl.resume()
@@ -302,8 +302,7 @@ class Upgrader:
         rollout upgrades that server), where the wait starts again once it may run; and no
         server ready (an agent cannot be ready without one), where running for stable_for
         without an exit is all that can be asked of it."""
-        window = cfg.k3s.ready_timeout + cfg.upgrade.stable_for
-        deadline = _now() + window
+        deadline = Deadline(cfg.k3s.ready_timeout + cfg.upgrade.stable_for)
         restarts = self.ctl.child.restarts
         stable_since: float | None = None
         said = ""
@@ -314,7 +313,7 @@ class Upgrader:
                 raise Failed(f"k3s {self.version} exited ({child.message})")
             held = self.ctl.skew_blocks(self.version)
             if held:
-                deadline = now + window
+                deadline.restart()
                 if held != said:
                     log.info("upgrade: k3s %s waits to be judged: %s", self.version, held)
                     said = held
@@ -328,7 +327,7 @@ class Upgrader:
                     return
             else:
                 stable_since = None
-            if now >= deadline:
+            if deadline.passed():
                 raise Failed(
                     f"k3s {self.version} was not ready and stable for "
                     f"{cfg.upgrade.stable_for:g} s within {cfg.k3s.ready_timeout:g} s"
@@ -377,3 +376,30 @@ class Upgrader:
 def _now() -> float:
     """The event loop's clock (the simulator's virtual time under tests/sim)."""
     return asyncio.get_running_loop().time()
+
+
+GAP = 5.0  # seconds between two looks beyond which this daemon did not run (SIGSTOP)
+
+
+class Deadline:
+    """A deadline on the event loop's clock that does not count the time this daemon did not
+    run. CLOCK_MONOTONIC goes on while a whole machine is stopped (SIGSTOP, a paused VM): a
+    gap between two looks far longer than the poll is time nobody watched, and k3s (stopped
+    along with it) did not get it either; thawed, a wait goes on for what it had left rather
+    than judging k3s on time it never had."""
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+        self._last = _now()
+        self._at = self._last + seconds
+
+    def restart(self) -> None:
+        self._last = _now()
+        self._at = self._last + self._seconds
+
+    def passed(self) -> bool:
+        now = _now()
+        if now - self._last > GAP:
+            self._at += now - self._last
+        self._last = now
+        return now >= self._at

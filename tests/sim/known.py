@@ -5,7 +5,4 @@ list and keep it in test_sim.py as a regression). Replay: ``python -m tests.sim 
 
 from __future__ import annotations
 
-KNOWN_OPEN: dict[int, str] = {
-    774: "an agent frozen (SIGSTOP) while its k3s stops for the upgrade finds the stop deadline "
-    "passed when thawed: judged failed, the rollout halts",
-}
+KNOWN_OPEN: dict[int, str] = {}

@@ -88,6 +88,8 @@ REGRESSIONS_GEN6 = {
     264: "a returning upgraded agent started while a server was mid-upgrade (its heartbeat "
     "already reported the new release); that server was rolled back, and the agent had to "
     "stop again for the skew rule: a needless k3s restart",
+    774: "an agent frozen (SIGSTOP) while its k3s stopped for the upgrade found the stop "
+    "deadline passed when thawed (it counted the frozen time): judged failed, rollout halted",
 }
 REGRESSIONS = [
     *(pytest.param(6, s, id=f"gen6-seed-{s}") for s in sorted(REGRESSIONS_GEN6)),
