@@ -24,6 +24,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from k3snoded.model import Role
+from k3snoded.upgrader import uncordon
 
 if TYPE_CHECKING:
     from k3snoded.operations import Operations
@@ -88,14 +89,9 @@ class MaintenanceRunner:
         self.drained = False
         ops.roles.vip.release(VIP_KEY)
         if ops.roles.cfg.upgrade.drain:
-            for attempt in range(10):
-                try:
-                    log.info("maintenance over: %s", await ops.kube.run("uncordon", ops.me))
-                    break
-                except Exception as exc:
-                    if attempt == 9:
-                        log.warning("maintenance over, but cannot uncordon %s: %s", ops.me, exc)
-                    await asyncio.sleep(3.0)
+            said = await uncordon(ops.kube, ops.me, attempts=10, pause=3.0)
+            level = logging.WARNING if said.startswith("cannot") else logging.INFO
+            log.log(level, "maintenance over: %s", said)
         self.state = ""
 
     async def stop(self) -> None:

@@ -66,6 +66,19 @@ class Kube(Protocol):
     async def run(self, op: str, node: str, limit: float = 0.0, *, forward: bool = True) -> str: ...
 
 
+async def uncordon(kube: Kube, node: str, *, attempts: int, pause: float) -> str:
+    """Uncordon ``node``, trying ``attempts`` times ``pause`` s apart (the apiserver may be
+    coming back); what was done, or the last error's text prefixed with "cannot"."""
+    for attempt in range(attempts):
+        try:
+            return await kube.run("uncordon", node)
+        except Exception as exc:
+            if attempt == attempts - 1:
+                return f"cannot uncordon {node}: {exc}"
+            await asyncio.sleep(pause)
+    return f"cannot uncordon {node}"
+
+
 class K3sControl(Protocol):
     """What the upgrader needs of the fleet loop (``operations.Operations`` provides it)."""
 
@@ -356,15 +369,8 @@ class Upgrader:
     async def _uncordon(self, cfg: Config) -> None:
         if not cfg.upgrade.drain:
             return
-        for attempt in range(5):
-            try:
-                log.info("%s", await self.kube.run("uncordon", self.me))
-                return
-            except Exception as exc:
-                if attempt == 4:
-                    log.warning("upgrade: cannot uncordon %s: %s", self.me, exc)
-                    return
-                await asyncio.sleep(2.0)
+        said = await uncordon(self.kube, self.me, attempts=5, pause=2.0)
+        log.log(logging.WARNING if said.startswith("cannot") else logging.INFO, "upgrade: %s", said)
 
     async def _undo_early(self, cfg: Config) -> None:
         """Before the restart nothing changed but the cordon and the VIP's hold: undo them."""
