@@ -426,6 +426,8 @@ class Operations:
             await self.write(SWITCHOVER, dump(doc))
         except Exception as exc:
             log.warning("cannot record the switchover: %s", exc)
+            return
+        self.poke(n for n in self.live() if n != self.me)  # the coordinator shows it at once
 
     def refresh(self) -> None:
         self._read_due = True

@@ -65,6 +65,8 @@ async def _maintenance(ops: Operations, req: dict[str, Any], who: str) -> dict[s
     node = str(req.get("node") or ops.me)
     on = bool(req.get("on"))
     known = {m.name for m in ops.roles.members}
+    if node not in known:  # a member that is not the coordinator sees only a part of the fleet
+        known = {r.member.name for r in await ops.roles.ds.members()}
     if node not in known:
         return _no(f"{node} is not a member of this fleet")
     if node != ops.me and ops.ask is not None and not req.get("forwarded"):

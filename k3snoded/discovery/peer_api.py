@@ -42,7 +42,7 @@ from k3snoded.ratelimit import OncePerKey
 log = logging.getLogger(__name__)
 
 PEERS_PATH = "/v1/peers"
-VERIFIED_BODY = "k3snoded.verified_body"  # request key: the body whose signature verified
+VERIFIED_BODY = web.RequestKey("k3snoded.verified_body", bytes)  # the body that verified
 MAX_BODY = 1 << 20  # a peer list of a thousand machines is well under 200 kB
 _CALLERS_MAX = 4096
 
