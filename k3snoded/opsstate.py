@@ -21,11 +21,12 @@ names the node). A document that does not parse (a newer k3snoded, a hand edit) 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
 import typing
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -141,6 +142,13 @@ def dump(doc: Any) -> str:
     return json.dumps(dataclasses.asdict(doc), sort_keys=True, separators=(",", ":"))
 
 
+@functools.cache
+def _hints(cls: Hashable) -> dict[str, Any]:
+    """A document class's resolved field types (read-only; resolving them costs more than
+    parsing a document)."""
+    return typing.get_type_hints(cls)
+
+
 def load(cls: type[D], text: str) -> D | None:
     """A document of type ``cls`` from its JSON, or None when it does not parse. Unknown keys
     are ignored (a newer writer); a known key of the wrong type voids the document."""
@@ -150,7 +158,7 @@ def load(cls: type[D], text: str) -> D | None:
         return None
     if not isinstance(data, dict):
         return None
-    hints = typing.get_type_hints(cls)
+    hints = _hints(typing.cast(Hashable, cls))  # a class is hashable; mypy does not know
     values: dict[str, Any] = {}
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         if f.name not in data:

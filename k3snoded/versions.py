@@ -11,6 +11,7 @@ server) must not be newer than the apiservers it talks to; servers are upgraded 
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -37,6 +38,7 @@ class Release:
         return self.name
 
 
+@functools.lru_cache(maxsize=256)  # a fleet names a handful of releases, compared every cycle
 def parse_release(text: str) -> Release | None:
     """The release named by ``text`` (``v1.31.4+k3s1``), or None when it is not one."""
     m = _RELEASE.match(text.strip())

@@ -7,6 +7,7 @@ start times) from the same seed in an order fixed by the virtual clock.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from dataclasses import dataclass, field
@@ -100,12 +101,12 @@ class Plan:
     lease_ttl: float = 10.0
     dead_after: float = 10.0
 
-    @property
+    @functools.cached_property  # read at every step
     def faults_end(self) -> float:
         ends = [f.at if math.isinf(f.duration) else f.at + f.duration + f.gap for f in self.faults]
         return max([FAULT_START, *ends])
 
-    @property
+    @functools.cached_property  # read at every step
     def settle_bound(self) -> float:
         """Seconds after the last fault within which ``servers.count`` servers are ready: a
         dead member found (dead_after), a lease passed on (2 TTL), a pre-bootstrap k3s waited
@@ -122,7 +123,7 @@ class Plan:
             bound += 2 * self.ready_timeout
         return bound
 
-    @property
+    @functools.cached_property  # read at every step
     def settle_at(self) -> float:
         return self.faults_end + self.settle_bound
 
