@@ -517,6 +517,9 @@ class FleetRoles(RoleSource):
         self.bootstrapped_by, self._boot_until, self._boot_taken = self.me, None, False
         log.info("bootstrapped the cluster; other servers may start now")
         await self._remember_bootstrap()
+        # Now, not at the next cycle: every agent waits for the CA hash, and this server is at
+        # rest from here on (its next cycle is a renew interval away).
+        await self._publish_ca()
 
     async def _stop_bootstrapping(self, reason: str) -> None:
         """Not (or no longer) the first server: no k3s until the cluster is bootstrapped. A

@@ -331,3 +331,29 @@ def test_a_machine_whose_k3s_failed_as_first_server_is_not_promoted_straight_bac
     assert bootstrapped_by(world) == "m3", world.render()
     promoted = [text for _, _, text in world.lines if "promoted m1" in text]
     assert not promoted, world.render()
+
+
+def test_agents_learn_the_ca_hash_in_the_cycle_the_cluster_is_bootstrapped(
+    tmp_path: Path,
+) -> None:
+    """A cold start: the agents wait for the fleet's CA hash, which the first server publishes
+    once its k3s is ready. It must publish it in the cycle that records the bootstrap (woken by
+    its k3s's readiness), not one renew interval later (the first server is at rest by then)."""
+    n, eligible = 6, 3
+    prefs = (RolePreference.AUTO,) * eligible + (RolePreference.AGENT,) * (n - eligible)
+    plan = calm(
+        machines=n,
+        preferences=prefs,
+        boot_at=(0.0,) * n,
+        k3s_faults=("none",) * n,
+        slow_stops=(False,) * n,
+    )
+    world = run_plan(plan, tmp_path)
+    assert world.violation is None, world.render()
+    first = bootstrapped_by(world)
+    assert first is not None, world.render()
+    booted = _lines(world, first, "bootstrapped the cluster")[0]
+    agents = [f"m{i + 1}" for i in range(eligible, n)]
+    started = [_lines(world, a, "k3s agent started")[0] for a in agents]
+    # One fast cycle (0.5 s) of the agents after the flag is written, nothing more.
+    assert max(started) - booted <= 0.6, world.render()
