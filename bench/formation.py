@@ -23,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import timeline as tl
 from tests.lab import dbs
 from tests.lab.fleet import FAKE_K3S, PYTHON, Fleet
 from tests.lab.netns import Lab
@@ -89,7 +90,9 @@ def manual_procedure(lab: Lab, endpoint: str, servers: int) -> float:
             s.close()
 
 
-def cold_start(n: int, eligible: int, servers: int) -> tuple[float, float, float, int]:
+def cold_start(
+    n: int, eligible: int, servers: int, trace: Path | None = None
+) -> tuple[float, float, float, int]:
     with Lab(n, with_db=True) as lab:
         lab.up()
         db = dbs.start(lab, "postgres")
@@ -98,6 +101,9 @@ def cold_start(n: int, eligible: int, servers: int) -> tuple[float, float, float
             lab, endpoint=db.endpoint, eligible=eligible, agents=n - eligible, servers=servers
         )
         t0 = time.monotonic()
+        tail = tl.LogTail({x.name: x.log_path for x in fleet.nodes}, t0) if trace else None
+        if tail is not None:
+            tail.start()
         fleet.start_all()
         launched = ready = 0.0
         deadline = t0 + 180
@@ -118,6 +124,11 @@ def cold_start(n: int, eligible: int, servers: int) -> tuple[float, float, float
         st = fleet.statuses()
         server_names = [x for x, s in st.items() if s and s["node"]["role"] == "server"]
         cas = {fleet.node(x).machine.run([str(PYTHON), "-c", CA_CODE]).stdout for x in server_names}
+        if tail is not None and trace is not None:
+            tail.stop()
+            tl.write(tail.lines, trace)
+            print(tl.table(tl.steps(tail.lines, [x.name for x in fleet.nodes])))
+            print(f"launched {launched:.2f} s, ready {ready:.2f} s, baseline {baseline:.2f} s")
         fleet.stop_all()
         return launched, ready, baseline, len(cas)
 
@@ -149,7 +160,18 @@ def main() -> int:
     ap.add_argument("--sizes", default="5,20")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--rest", type=float, default=20.0)
+    ap.add_argument(
+        "--timeline",
+        type=Path,
+        help="one cold start of the first size only: every daemon's log line, stamped, to this "
+        "file, and a table of when each machine reached each formation step",
+    )
     args = ap.parse_args()
+    if args.timeline:
+        n = int(args.sizes.split(",")[0])
+        eligible, servers = (3, 2) if n <= 5 else (5, 3)
+        cold_start(n, eligible, servers, args.timeline)
+        return 0
     for n in (int(x) for x in args.sizes.split(",")):
         eligible, servers = (3, 2) if n <= 5 else (5, 3)
         rows = [cold_start(n, eligible, servers) for _ in range(args.runs)]
