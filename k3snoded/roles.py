@@ -31,6 +31,13 @@ from k3snoded.vip import VipKeeper
 
 log = logging.getLogger("k3snoded.roles")
 
+# How often a machine without the fleet's datastore looks at what its peers announce: while it
+# runs nothing (waiting for the cluster CA hash or the registration address, e.g. during a cold
+# start) often, so that an agent starts within a fraction of a second of the first server's
+# announcement; once it runs its role, once a second. Either is in-memory work, no statement.
+WAITING_POLL = 0.2
+RUNNING_POLL = 1.0
+
 
 @dataclass(frozen=True)
 class Wanted:
@@ -204,7 +211,7 @@ class StaticRoles(RoleSource):
             wanted = static_role(self.cfg, self._learned())
             await self._learn_pin(wanted)
             await self.apply(wanted)
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(WAITING_POLL if self.wanted.role is Role.NONE else RUNNING_POLL)
 
     async def _learn_pin(self, wanted: Wanted) -> None:
         """A single server: its own CA (once ready), and the agent token when its k3s cluster
