@@ -146,8 +146,21 @@ class FleetRoles(RoleSource):
     async def run(self) -> None:
         self._task = asyncio.current_task()
         await self.load_pin()
-        if self.ops is not None:
-            await self.ops.start()
+        # ``k3s --version`` (an exec) while the datastore is prepared: the first heartbeat,
+        # which carries the release, waits for the slower of the two, not for both.
+        version = asyncio.create_task(self.ops.start()) if self.ops is not None else None
+        try:
+            await self._start()
+            if version is not None:
+                await version
+        finally:
+            if version is not None and not version.done():
+                version.cancel()
+        await self._loop()
+
+    async def _start(self) -> None:
+        """What a previous daemon left (VIP, role, an unbootstrapped k3s), then the
+        datastore's preflight."""
         await self.vip.remove_stale()
         before = await asyncio.to_thread(remembered_role, self.cfg)
         if before is not None and before.role is Role.AGENT and before.registration:
@@ -166,6 +179,8 @@ class FleetRoles(RoleSource):
                 self._boot_until = _now() + self.cfg.coordination.lease_ttl
                 self._arm_fence()
         await self._preflight()
+
+    async def _loop(self) -> None:
         interval = self.cfg.coordination.renew_interval
         while not self.left:
             started = _now()

@@ -140,6 +140,7 @@ class K3sHost:
         self.proc: Proc | None = None
         self.fault = "none"  # none | never_ready | crash_loop
         self.installed = OLD  # the release at k3s.binary; .next and .previous beside it
+        self.version_takes = 0.0  # seconds ``k3s --version`` takes (an exec of the binary)
         self.staged = ""
         self.previous = ""
         self.slow_stop = False
@@ -337,6 +338,8 @@ class SimBinary:
         self.host = host
 
     async def version(self) -> str:
+        if self.host.version_takes:
+            await asyncio.sleep(self.host.version_takes)
         return self.host.installed
 
     async def stage(self, version: str) -> None:

@@ -357,3 +357,19 @@ def test_agents_learn_the_ca_hash_in_the_cycle_the_cluster_is_bootstrapped(
     started = [_lines(world, a, "k3s agent started")[0] for a in agents]
     # One fast cycle (0.5 s) of the agents after the flag is written, nothing more.
     assert max(started) - booted <= 0.6, world.render()
+
+
+def test_the_datastore_is_prepared_while_k3s_reports_its_version(tmp_path: Path) -> None:
+    """At start the daemon asks the k3s binary its version (an exec: on a loaded machine, or
+    a slow board, a good part of a second) and prepares the datastore (connect, schema, the
+    fleet's token verifier): neither needs the other, so they overlap, and the first
+    heartbeat waits for the slower one only."""
+    world = World(calm(), tmp_path)
+    for m in world.machines:
+        m.host.version_takes = 1.0
+    world.run()
+    assert world.violation is None, world.render()
+    for m in world.machines:
+        ready = _lines(world, m.name, "datastore ready")[0]
+        version = _lines(world, m.name, "k3s binary")[0]
+        assert ready < version, world.render()
