@@ -279,13 +279,17 @@ class Operations:
         k3s = self.roles.cfg.k3s
         return k3s.version if k3s.install is InstallMode.AUTO else ""
 
-    async def write(self, name: str, text: str) -> None:
-        """Write a flag now; if the datastore does not take it, at the next cycle."""
+    async def write(self, name: str, text: str, *, retry: bool = True) -> None:
+        """Write a flag now; if the datastore does not take it, at the next cycle. An
+        operator's request is not retried (``retry=False``): the operator is told it failed,
+        may ask again through another machine and then change their mind; a write of this
+        machine's retried later would undo that newer request."""
         self._pending.pop(name, None)
         try:
             await self.roles.ds.set_flag(name, text)
         except Exception:
-            self._pending[name] = text
+            if retry:
+                self._pending[name] = text
             raise
 
     async def _flush(self) -> None:
@@ -404,7 +408,7 @@ class Operations:
 
     async def set_pause(self, paused: bool, who: str) -> None:
         doc = Pause(paused, who, self._clock())
-        await self.write(PAUSE, dump(doc))
+        await self.write(PAUSE, dump(doc), retry=False)
         self.view = dataclasses.replace(self.view, pause=doc)
         if paused:
             log.warning("fleet paused, asked by %s: the coordinator makes no role changes", who)
@@ -414,7 +418,7 @@ class Operations:
 
     async def set_maintenance(self, node: str, on: bool, who: str) -> None:
         doc = Maintenance(node, on, who, self._clock())
-        await self.write(node_flag(MAINT_PREFIX, node), dump(doc))
+        await self.write(node_flag(MAINT_PREFIX, node), dump(doc), retry=False)
         self.view = dataclasses.replace(self.view, maintenance={**self.view.maintenance, node: doc})
         log.info("maintenance %s for %s, asked by %s", "on" if on else "off", node, who)
         self.roles.wake()

@@ -90,6 +90,10 @@ REGRESSIONS_GEN6 = {
     "stop again for the skew rule: a needless k3s restart",
     774: "an agent frozen (SIGSTOP) while its k3s stopped for the upgrade found the stop "
     "deadline passed when thawed (it counted the frozen time): judged failed, rollout halted",
+    885: "a pause request reported failed (slow datastore) was written later by that machine's "
+    "retry, after the operator had paused through another machine and resumed: paused for good",
+    1178: "a pause request reported failed (a partition) was written later by that machine's "
+    "retry, undoing the resume asked meanwhile: the rollout never finished",
 }
 REGRESSIONS = [
     *(pytest.param(6, s, id=f"gen6-seed-{s}") for s in sorted(REGRESSIONS_GEN6)),
