@@ -90,6 +90,26 @@ def steps(
     return out
 
 
+LAUNCHED = re.compile(r"started k3s \(pid")
+READY = re.compile(r"k3s is ready|k3s answers \S+ again; ready")
+
+
+def formed(lines: Sequence[tuple[float, str, str]], names: Sequence[str]) -> tuple[float, float]:
+    """Once the fleet was seen formed: when the last machine launched the k3s it runs now, and
+    when the last one's k3s became ready (each machine's latest such line)."""
+    launched: dict[str, float] = {}
+    ready: dict[str, float] = {}
+    for t, name, line in lines:
+        if LAUNCHED.search(line):
+            launched[name] = t
+        elif READY.search(line):
+            ready[name] = t
+    missing = [n for n in names if n not in launched or n not in ready]
+    if missing:
+        raise RuntimeError(f"formed, but no k3s launch or readiness in the logs of {missing}")
+    return max(launched[n] for n in names), max(ready[n] for n in names)
+
+
 def table(per: dict[str, dict[str, float]]) -> str:
     cols = [c for c, _ in STEPS if any(c in s for s in per.values())]
     rows = ["machine " + " ".join(f"{c:>7}" for c in cols)]
