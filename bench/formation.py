@@ -129,6 +129,8 @@ def cold_start(
         if trace is not None:
             tl.write(tail.lines, trace)
             print(tl.table(tl.steps(tail.lines, names)))
+            cpu = [tl.cpu_seconds(x.proc.pid) for x in fleet.nodes if x.proc is not None]
+            print(f"the {len(cpu)} daemons' CPU until now: {sum(cpu):.2f} s (max {max(cpu):.2f})")
             print(f"launched {launched:.2f} s, ready {ready:.2f} s, baseline {baseline:.2f} s")
         fleet.stop_all()
         return launched, ready, baseline, len(cas)

@@ -8,6 +8,7 @@ prints, per machine, when each formation step first appeared in its log.
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
@@ -108,6 +109,12 @@ def formed(lines: Sequence[tuple[float, str, str]], names: Sequence[str]) -> tup
     if missing:
         raise RuntimeError(f"formed, but no k3s launch or readiness in the logs of {missing}")
     return max(launched[n] for n in names), max(ready[n] for n in names)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a live process (its threads included)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def table(per: dict[str, dict[str, float]]) -> str:
