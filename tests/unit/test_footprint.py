@@ -76,6 +76,8 @@ def test_a_vip_server_on_postgres_imports_what_it_needs_and_no_more() -> None:
     assert sum(m.startswith("pyroute2") for m in modules) < 40
     # Only the configured datastore's driver (imported when the datastore is opened).
     assert "pymysql" not in modules
+    # HTTP on h11 (httpd.py, httpc.py): aiohttp costs 14-16 MB and ~0.1 CPU-s to import.
+    assert [m for m in modules if m.split(".")[0] in ("aiohttp", "yarl", "multidict")] == []
 
 
 def test_the_daemons_imports_take_bounded_cpu_time() -> None:
