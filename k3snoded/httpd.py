@@ -52,8 +52,8 @@ class Limits:
 class Headers(Mapping[str, str]):
     """Header fields by case-insensitive name; repeated fields joined with ", "."""
 
-    def __init__(self, items: Mapping[str, str] | list[tuple[str, str]] = ()) -> None:  # type: ignore[assignment]
-        pairs = items.items() if isinstance(items, Mapping) else items
+    def __init__(self, items: Mapping[str, str] | list[tuple[str, str]] | None = None) -> None:
+        pairs = items.items() if isinstance(items, Mapping) else (items or [])
         self._d: dict[str, str] = {}
         for name, value in pairs:
             key = name.lower()
