@@ -249,7 +249,10 @@ class Server:
         method = event.method.decode("ascii", "replace")
         target = event.target.decode("ascii", "replace")
         headers = Headers([(n.decode("latin-1"), v.decode("latin-1")) for n, v in event.headers])
-        length = int(headers.get("content-length", "0"))  # h11 checked it is a number
+        try:
+            length = int(headers.get("content-length", "0"))  # h11 checked it is one number
+        except ValueError:
+            return text("bad Content-Length\n", 400)
         has_body = length > 0 or "transfer-encoding" in headers
         if has_body and method in ("GET", "HEAD"):
             return text("a GET carries no body\n", 400)
