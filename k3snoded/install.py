@@ -226,8 +226,8 @@ async def _install_airgap(spec: InstallSpec, binary: Path, name: str, list_name:
 
 
 async def _install_download(spec: InstallSpec, binary: Path, name: str, list_name: str) -> None:
-    # aiohttp is imported here, not by the daemon at start-up: 14-16 MB and ~0.1 CPU-s for the
-    # rare download (docs/decisions/0010).
+    # aiohttp only here, for a download (redirects, proxies, streaming to disk): importing it
+    # costs the daemon ~16 MB and ~0.12 CPU-s that a machine with its k3s in place never needs.
     import aiohttp
 
     list_url = release_url(spec.mirror, spec.version, list_name)
@@ -264,7 +264,7 @@ class _Permanent(Exception):
 
 
 async def _retrying(spec: InstallSpec, url: str, attempt: Callable[[], Awaitable[T]]) -> T:
-    import aiohttp  # loaded by _install_download already
+    import aiohttp  # loaded already by _install_download, its only caller
 
     delay = spec.retry_delay
     tries = max(1, spec.attempts)
