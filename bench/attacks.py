@@ -268,19 +268,18 @@ def attacks(fleet: Fleet, attacker: Machine) -> dict[str, Callable[[Run], None]]
 
 
 PROBE = r"""
-import asyncio, sys, time, aiohttp
+import asyncio, sys, time
 from k3snoded.discovery.peer_api import fetch_peers
 from k3snoded.discovery.signing import derive_key
 async def main(url, token_file, seconds):
     key, ok, bad = derive_key(open(token_file).read(), "lab"), 0, 0
     end = time.monotonic() + seconds
-    async with aiohttp.ClientSession() as s:
-        while time.monotonic() < end:
-            try:
-                await fetch_peers(s, url, key, "lab", request_timeout=3); ok += 1
-            except Exception:
-                bad += 1
-            await asyncio.sleep(0.5)
+    while time.monotonic() < end:
+        try:
+            await fetch_peers(url, key, "lab", request_timeout=3); ok += 1
+        except Exception:
+            bad += 1
+        await asyncio.sleep(0.5)
     print(ok, bad)
 asyncio.run(main(*sys.argv[1:3], float(sys.argv[3])))
 """

@@ -1,4 +1,4 @@
-"""The daemon's HTTP surfaces (aiohttp, embedded with AppRunner).
+"""The daemon's HTTP surfaces (``httpd.py``: h11 on asyncio streams).
 
 * A unix socket in ``run_dir`` (directory 0700, socket 0600, root only): ``GET /v1/status``,
   what ``k3snoded status`` reads.
@@ -14,15 +14,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-from aiohttp import web
-
+from k3snoded import httpc
 from k3snoded.discovery import listener
+from k3snoded.httpd import Limits, Request, Response, Router, Server, json_response, text
 from k3snoded.rundir import make_private
 
 log = logging.getLogger(__name__)
@@ -46,7 +44,7 @@ class ApiServer:
         metrics: Callable[[], str],
         healthy: Callable[[], bool],
         listen: str = "",
-        peer_setup: Iterable[Callable[[web.Application], None]] = (),
+        peer_setup: Iterable[Callable[[Router], None]] = (),
         leave: Callable[[], Awaitable[None]] | None = None,
         ops: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]] | None = None,
     ) -> None:
@@ -58,110 +56,113 @@ class ApiServer:
         self._peer_setup = list(peer_setup)
         self._leave = leave
         self._ops = ops
-        self._runners: list[web.AppRunner] = []
+        self._servers: list[Server] = []
 
     async def start(self) -> None:
-        local = web.Application()
-        local.router.add_get("/v1/status", self._get_status)
-        local.router.add_get("/metrics", self._get_metrics)
-        local.router.add_post("/v1/leave", self._post_leave)
-        local.router.add_post("/v1/ops", self._post_ops)
-        runner = web.AppRunner(local, access_log=None)
-        await runner.setup()
-        self._runners.append(runner)
+        local = Router()
+        local.add_get("/v1/status", self._get_status)
+        local.add_get("/metrics", self._get_metrics)
+        local.add_post("/v1/leave", self._post_leave)
+        local.add_post("/v1/ops", self._post_ops)
         make_private(self._socket_path.parent)  # never a shared directory (rundir.py)
         with contextlib.suppress(FileNotFoundError):
             self._socket_path.unlink()
-        old = os.umask(0o177)
-        try:
-            await web.UnixSite(runner, str(self._socket_path)).start()
-        finally:
-            os.umask(old)
-        os.chmod(self._socket_path, 0o600)
+        # Root only (0600); a status answer may be large, a request is a small JSON object.
+        server = Server(local, LOCAL_LIMITS)
+        await server.start_unix(str(self._socket_path), 0o600)
+        self._servers.append(server)
         if self._listen:
             # Open to the LAN: connection caps, short timeouts, small bodies (listener.py).
             peer = listener.application()
-            peer.router.add_get("/healthz", self._get_healthz)
-            peer.router.add_get("/livez", self._get_livez)
-            peer.router.add_get("/metrics", self._get_metrics)
+            peer.add_get("/healthz", self._get_healthz)
+            peer.add_get("/livez", self._get_livez)
+            peer.add_get("/metrics", self._get_metrics)
             for setup in self._peer_setup:
                 setup(peer)
             host, port = _split_listen(self._listen)
-            prunner, _ = await listener.serve(peer, host, port, reuse_address=True)
-            self._runners.append(prunner)
+            self._servers.append(await listener.serve(peer, host, port, reuse_address=True))
             log.info("peer API listening on %s", self._listen)
 
     async def close(self) -> None:
-        while self._runners:
-            await self._runners.pop().cleanup()
+        while self._servers:
+            await self._servers.pop().close()
         with contextlib.suppress(FileNotFoundError):
             self._socket_path.unlink()
 
-    async def _get_status(self, _: web.Request) -> web.Response:
-        return web.json_response(self._status(), dumps=lambda o: json.dumps(o, sort_keys=True))
+    async def _get_status(self, _: Request) -> Response:
+        return json_response(self._status())
 
-    async def _post_leave(self, _: web.Request) -> web.Response:
+    async def _post_leave(self, _: Request) -> Response:
         if self._leave is None:
-            return web.json_response({"error": "leave is not supported"}, status=501)
+            return json_response({"error": "leave is not supported"}, 501)
         await self._leave()
-        return web.json_response({"leaving": True}, status=202)
+        return json_response({"leaving": True}, 202)
 
-    async def _post_ops(self, request: web.Request) -> web.Response:
+    async def _post_ops(self, request: Request) -> Response:
         """A planned operation asked on this machine (``k3snoded pause`` and friends)."""
         from k3snoded.ops_api import check_request
 
         if self._ops is None:
-            return web.json_response({"ok": False, "why": "not supported here"}, status=501)
-        req = check_request(await request.read())
+            return json_response({"ok": False, "why": "not supported here"}, 501)
+        req = check_request(request.body)
         if isinstance(req, str):
-            return web.json_response({"ok": False, "why": req}, status=400)
-        return web.json_response(await self._ops(req))
+            return json_response({"ok": False, "why": req}, 400)
+        return json_response(await self._ops(req))
 
-    async def _get_metrics(self, _: web.Request) -> web.Response:
-        return web.Response(text=self._metrics(), content_type="text/plain", charset="utf-8")
+    async def _get_metrics(self, _: Request) -> Response:
+        return text(self._metrics())
 
-    async def _get_healthz(self, _: web.Request) -> web.Response:
+    async def _get_healthz(self, _: Request) -> Response:
         ok = self._healthy()
-        text = "ok\n" if ok else "not a ready k3s server\n"
-        return web.Response(status=200 if ok else 503, text=text)
+        return text("ok\n" if ok else "not a ready k3s server\n", 200 if ok else 503)
 
-    async def _get_livez(self, _: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
+    async def _get_livez(self, _: Request) -> Response:
+        return text("ok\n")
 
 
-async def _local_call(socket_path: Path, method: str, path: str, limit: float) -> dict[str, Any]:
-    connector = aiohttp.UnixConnector(path=str(socket_path))
-    async with aiohttp.ClientSession(
-        connector=connector, timeout=aiohttp.ClientTimeout(total=limit)
-    ) as session:
-        try:
-            async with session.request(method, f"http://k3snoded{path}") as resp:
-                resp.raise_for_status()
-                data: dict[str, Any] = await resp.json()
-                return data
-        except aiohttp.ClientError as err:
-            raise OSError(str(err)) from err
+LOCAL_LIMITS = Limits(max_body=64 * 1024, head_timeout=30.0, body_timeout=10.0,
+                      max_connections=64, max_per_source=64)  # fmt: skip
+MAX_LOCAL_ANSWER = 16 << 20  # a status document of a large fleet
+
+
+async def _local_call(socket_path: Path, method: str, path: str, limit: float,
+                      body: bytes = b"") -> httpc.Response:  # fmt: skip
+    """One request to the daemon's unix socket; OSError (or TimeoutError) when it fails."""
+    headers = {"Content-Type": "application/json"} if body else None
+    return await httpc.request(
+        method, f"http://k3snoded{path}", headers=headers, body=body, timeout=limit,
+        unix_socket=str(socket_path), max_body=MAX_LOCAL_ANSWER,
+    )  # fmt: skip
+
+
+async def _local_json(socket_path: Path, method: str, path: str, limit: float) -> dict[str, Any]:
+    resp = await _local_call(socket_path, method, path, limit)
+    if resp.status >= 400:
+        raise OSError(f"{resp.status}, message={resp.text().strip()!r}")
+    return _document(resp)
+
+
+def _document(resp: httpc.Response) -> dict[str, Any]:
+    try:
+        data = resp.json()
+    except ValueError as err:
+        raise OSError(f"the daemon answered {resp.status} without JSON") from err
+    if not isinstance(data, dict):
+        raise OSError(f"the daemon answered {resp.status} with a JSON {type(data).__name__}")
+    return data
 
 
 async def fetch_status(socket_path: Path, limit: float = 5.0) -> dict[str, Any]:
     """Read ``/v1/status`` from a running daemon over its unix socket."""
-    return await _local_call(socket_path, "GET", "/v1/status", limit)
+    return await _local_json(socket_path, "GET", "/v1/status", limit)
 
 
 async def request_ops(socket_path: Path, req: dict[str, Any], limit: float) -> dict[str, Any]:
     """Ask the local daemon for a planned operation (``k3snoded pause`` and friends)."""
-    connector = aiohttp.UnixConnector(path=str(socket_path))
-    async with aiohttp.ClientSession(
-        connector=connector, timeout=aiohttp.ClientTimeout(total=limit)
-    ) as session:
-        try:
-            async with session.post("http://k3snoded/v1/ops", json=req) as resp:
-                data: dict[str, Any] = await resp.json(content_type=None)
-                return data
-        except (aiohttp.ClientError, ValueError) as err:
-            raise OSError(str(err)) from err
+    body = json.dumps(req).encode()
+    return _document(await _local_call(socket_path, "POST", "/v1/ops", limit, body))
 
 
 async def request_leave(socket_path: Path, limit: float = 5.0) -> dict[str, Any]:
     """Ask the daemon to hand over and leave the fleet (``k3snoded leave``)."""
-    return await _local_call(socket_path, "POST", "/v1/leave", limit)
+    return await _local_json(socket_path, "POST", "/v1/leave", limit)

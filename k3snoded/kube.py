@@ -26,9 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-
-from k3snoded import k3s
+from k3snoded import httpc, k3s
 from k3snoded.config import Config
 from k3snoded.model import Role
 from k3snoded.process import ChildStatus
@@ -39,6 +37,7 @@ DEDICATED = {"key": "k3s-controlplane", "value": "true", "effect": "NoExecute"}
 ROLE_LABELS = ("node-role.kubernetes.io/control-plane", "node-role.kubernetes.io/master")
 AGENT_LB_PORT = 6444  # k3s agent --lb-server-port default
 MERGE_PATCH = "application/merge-patch+json"
+MAX_ANSWER = 64 << 20  # a pod list of a large node; anything bigger is not an apiserver's answer
 
 
 class KubeError(Exception):
@@ -117,7 +116,7 @@ class KubeClient:
     def __init__(self, cfg: Config, url: str, timeout: float = 10.0) -> None:
         self.tls = k3s.admin_tls(cfg)
         self.url = url
-        self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self.timeout = timeout
 
     def credentials(self) -> bool:
         return self.tls.cert.exists() and self.tls.key.exists() and self.tls.ca.exists()
@@ -144,16 +143,18 @@ class KubeClient:
         if data is not None:
             headers["Content-Type"] = content_type
         try:
-            async with (
-                aiohttp.ClientSession(timeout=self.timeout) as session,
-                session.request(
-                    method, self.url + path, data=data, headers=headers, ssl=ctx
-                ) as resp,
-            ):
-                text = await resp.text()
-                status = resp.status
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            resp = await httpc.request(
+                method,
+                self.url + path,
+                body=data or b"",
+                headers=headers,
+                timeout=self.timeout,
+                ssl_context=ctx,
+                max_body=MAX_ANSWER,
+            )
+        except (OSError, TimeoutError) as exc:
             raise KubeError(f"{method} {path}: {exc or type(exc).__name__}") from exc
+        text, status = resp.text(), resp.status
         try:
             answer = json.loads(text)
         except ValueError:

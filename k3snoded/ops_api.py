@@ -27,13 +27,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aiohttp
-from aiohttp import web
-from yarl import URL
-
-from k3snoded.discovery.peer_api import VERIFIED_BODY, PeerApi
+from k3snoded import httpc
+from k3snoded.discovery.peer_api import PeerApi
 from k3snoded.discovery.signing import new_nonce, sign_request, verify_response
 from k3snoded.errors import AuthenticationError
+from k3snoded.httpd import Headers, Request, Response, Router, json_response
 
 log = logging.getLogger(__name__)
 
@@ -75,18 +73,18 @@ def check_request(body: bytes) -> dict[str, Any] | str:
     return req
 
 
-def install(api: PeerApi, handler: Handler) -> Callable[[web.Application], None]:
+def install(api: PeerApi, handler: Handler) -> Callable[[Router], None]:
     """A peer-API setup hook that mounts ``POST /v1/ops`` (signed) calling ``handler``."""
 
-    async def handle(request: web.Request) -> web.Response:
-        req = check_request(request.get(VERIFIED_BODY, b""))
+    async def handle(request: Request) -> Response:
+        req = check_request(request.body)  # the body that verified (PeerApi.signed)
         if isinstance(req, str):
-            return web.json_response({"ok": False, "why": req}, status=400)
-        answer = await handler(req, f"a signed peer request from {request.remote or '?'}")
-        return web.json_response(answer, dumps=lambda o: json.dumps(o, sort_keys=True))
+            return json_response({"ok": False, "why": req}, 400)
+        answer = await handler(req, f"a signed peer request from {request.remote}")
+        return json_response(answer)
 
-    def setup(app: web.Application) -> None:
-        app.router.add_post(OPS_PATH, api.signed(handle))
+    def setup(router: Router) -> None:
+        router.add_post(OPS_PATH, api.signed(handle))
 
     return setup
 
@@ -104,21 +102,13 @@ async def call(
     headers = sign_request(key, "POST", OPS_PATH, body, time.time(), nonce)
     headers["Content-Type"] = "application/json"
     try:
-        async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=limit)) as session,
-            session.post(
-                URL(base + OPS_PATH, encoded=True),
-                data=body,
-                headers=headers,
-                allow_redirects=False,
-            ) as resp,
-        ):
-            raw = await resp.content.read(MAX_ANSWER + 1)
-            status, got = resp.status, dict(resp.headers)
-    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        resp = await httpc.request(
+            "POST", base + OPS_PATH, headers=headers, body=body, timeout=limit,
+            max_body=MAX_ANSWER,
+        )  # fmt: skip
+    except (OSError, TimeoutError, ValueError) as exc:
         raise OpsError(f"cannot reach {base}: {exc or type(exc).__name__}") from exc
-    if len(raw) > MAX_ANSWER:
-        raise OpsError(f"{base}: the answer is too large")
+    raw, status, got = resp.body, resp.status, Headers(resp.headers)
     if status == 401:
         raise OpsError(f"{base} refused the request: {raw.decode(errors='replace').strip()}")
     try:

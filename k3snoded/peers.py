@@ -12,12 +12,11 @@ import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
-
 from k3snoded.config import Config
 from k3snoded.discovery.peer_api import PeerApi
 from k3snoded.discovery.seed import SeedDiscovery
 from k3snoded.discovery.signing import derive_key
+from k3snoded.httpd import Router
 from k3snoded.model import Peer, Role
 from k3snoded.tokens import read_token
 
@@ -53,9 +52,9 @@ class PeerBook:
         """The cluster key (from the token and the cluster name) that signs what peers say."""
         return self._key
 
-    def install(self, app: web.Application) -> None:
+    def install(self, router: Router) -> None:
         if not self.keyless:
-            self.api.install(app)
+            self.api.install(router)
 
     async def run(self) -> None:
         self._announced = self._local()

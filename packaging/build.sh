@@ -106,7 +106,7 @@ PY
 for v in $PKG_PYTHONS; do
   if [ -x "/usr/bin/python$v" ]; then
     "/usr/bin/python$v" -I -S -c "import sys; sys.path[:0] = sys.argv[1:]; \
-import aiohttp, zeroconf, yaml, pymysql, psycopg2, pyroute2, k3snoded.daemon" \
+import aiohttp, h11, zeroconf, yaml, pymysql, psycopg2, pyroute2, k3snoded.daemon" \
       "$VENV/lib/python$v/site-packages" "$VENV/lib/common"
     log "python$v: imports checked"
   else

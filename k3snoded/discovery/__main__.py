@@ -102,8 +102,8 @@ async def announce(args: argparse.Namespace) -> None:
         if args.listen:
             app = listener.application()
             api.install(app)
-            runner, _ = await listener.serve(app, args.address, args.api_port)
-            stack.push_async_callback(runner.cleanup)
+            server = await listener.serve(app, args.address, args.api_port)
+            stack.push_async_callback(server.close)
             emit("listening", address=args.address, port=args.api_port)
         emit("registering", name=args.name)
         if mdns is not None:

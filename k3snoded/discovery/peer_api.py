@@ -17,17 +17,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import ssl
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from urllib.parse import urlencode
+from collections.abc import Callable, Sequence
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
-import aiohttp
-from aiohttp import web
-from yarl import URL
-
+from k3snoded import httpc
 from k3snoded.config import DEFAULT_API_PORT as API_PORT
 from k3snoded.discovery.announcement import peer_from_fields, peer_to_fields
-from k3snoded.discovery.listener import limit_bodies, read_body
 from k3snoded.discovery.signing import (
     RequestVerifier,
     new_nonce,
@@ -36,22 +33,17 @@ from k3snoded.discovery.signing import (
     verify_response,
 )
 from k3snoded.errors import AuthenticationError
+from k3snoded.httpd import Handler, Headers, Request, Response, Router, text
 from k3snoded.model import Peer
 from k3snoded.ratelimit import OncePerKey
 
 log = logging.getLogger(__name__)
 
 PEERS_PATH = "/v1/peers"
-VERIFIED_BODY = web.RequestKey("k3snoded.verified_body", bytes)  # the body that verified
 MAX_BODY = 1 << 20  # a peer list of a thousand machines is well under 200 kB
 _CALLERS_MAX = 4096
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Clock = Callable[[], float]
-
-
-async def _no_handler(request: web.Request) -> web.StreamResponse:
-    return web.Response(status=200)
 
 
 class PeerApi:
@@ -91,36 +83,32 @@ class PeerApi:
         """Nodes that described themselves when asking us, by name (a copy)."""
         return dict(self._callers)
 
-    def install(self, app: web.Application) -> None:
-        """Add ``GET /v1/peers`` to ``app`` (before the app starts)."""
-        app.router.add_get(PEERS_PATH, self.signed(self.handle_peers))
+    def install(self, router: Router) -> None:
+        """Add ``GET /v1/peers`` to ``router`` (before the server starts)."""
+        router.add_get(PEERS_PATH, self.signed(self.handle_peers))
 
     def signed(self, handler: Handler) -> Handler:
-        """Wrap a handler: verify the request's signature, then sign its answer."""
+        """Wrap a handler: verify the request's signature, then sign its answer. The server
+        has read the (bounded) body already: ``request.body`` is what was verified."""
 
-        async def wrapper(request: web.Request) -> web.StreamResponse:
-            refused = await limit_bodies(request, _no_handler)
-            if refused.status != 200:
-                return refused
-            body = await read_body(request)
+        async def wrapper(request: Request) -> Response:
             try:
                 verified = self._verifier.verify(
-                    request.method, request.raw_path, body, request.headers, self._clock()
+                    request.method, request.target, request.body, request.headers, self._clock()
                 )
             except AuthenticationError as exc:
-                self._refuse(request.remote or "?", str(exc))
-                return web.Response(status=401, text=f"{exc}\n")
-            request[VERIFIED_BODY] = body  # the stream is consumed: handlers read it here
+                self._refuse(request.remote, str(exc))
+                return text(f"{exc}\n", 401)
             response = await handler(request)
-            if not isinstance(response, web.Response) or response.body is None:
-                raise TypeError("signed handlers must return a web.Response with a bytes body")
-            payload = response.body
-            if not isinstance(payload, bytes):
-                raise TypeError("signed handlers must return a bytes body")
-            response.headers.update(
-                sign_response(self._key, verified.nonce, response.status, payload, self._clock())
+            signature = sign_response(
+                self._key, verified.nonce, response.status, response.body, self._clock()
             )
-            return response
+            return Response(
+                response.status,
+                response.body,
+                response.content_type,
+                {**response.headers, **signature},
+            )
 
         return wrapper
 
@@ -131,15 +119,19 @@ class PeerApi:
         key = (source, reason.split(":", 1)[0])
         self._refusals(key, "refused peer-API request from %s: %s", source, reason)
 
-    def _learn_caller(self, request: web.Request) -> str | None:
+    def _learn_caller(self, request: Request) -> str | None:
         """Remember the caller's self-description, if any; return a reason if it is malformed."""
-        query = request.rel_url.query
+        try:
+            query = parse_qsl(request.query, keep_blank_values=True, errors="strict")
+        except (ValueError, UnicodeDecodeError):
+            return "malformed self-description"
         if not query:
             return None
-        if len(query) != len(set(query.keys())):
+        fields = dict(query)
+        if len(query) != len(fields):
             return "repeated field in self-description"
         try:
-            caller = peer_from_fields(dict(query))
+            caller = peer_from_fields(fields)
         except ValueError as exc:
             return f"bad self-description: {exc}"
         if caller.cluster != self._cluster:
@@ -152,11 +144,11 @@ class PeerApi:
                 self._on_caller(caller)
         return None
 
-    async def handle_peers(self, request: web.Request) -> web.Response:
+    async def handle_peers(self, request: Request) -> Response:
         """The unsigned handler; mount it through ``signed()`` (``install`` does)."""
         problem = self._learn_caller(request)
         if problem is not None:
-            return web.Response(status=400, text=f"{problem}\n")
+            return text(f"{problem}\n", 400)
         local = self._local()
         known = {p.name: p for p in self._peers()}
         known.update(self._callers)  # a node's own latest word about itself wins
@@ -167,20 +159,7 @@ class PeerApi:
             "peers": [peer_to_fields(p) for p in peers],
         }
         body = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
-        return web.Response(body=body, content_type="application/json")
-
-
-def peer_routes(
-    key: bytes,
-    cluster: str,
-    peers_provider: Callable[[], Sequence[Peer]],
-    local_provider: Callable[[], Peer],
-) -> web.RouteTableDef:
-    """``GET /v1/peers`` as a route table, for ``app.add_routes``; see :class:`PeerApi`."""
-    api = PeerApi(key, cluster, peers_provider, local_provider)
-    routes = web.RouteTableDef()
-    routes.get(PEERS_PATH)(api.signed(api.handle_peers))
-    return routes
+        return Response(200, body, "application/json")
 
 
 def base_url(url: str) -> str:
@@ -189,12 +168,18 @@ def base_url(url: str) -> str:
     given; ValueError if it is not http(s) with a host."""
     if "://" not in url:
         url = f"http://{url}" if url.startswith("[") or ":" in url else f"http://{url}:{API_PORT}"
-    parsed = URL(url)
-    if parsed.scheme not in ("http", "https") or not parsed.host:
+    try:
+        parsed = urlsplit(url)
+        port = parsed.port
+    except ValueError:
+        raise ValueError(f"seed {url!r} has a malformed address or port") from None
+    host = parsed.hostname
+    if parsed.scheme not in ("http", "https") or not host:
         raise ValueError(f"seed {url!r} is not an http:// or https:// URL with a host")
-    if parsed.path not in ("", "/") or parsed.query_string:
+    if parsed.path not in ("", "/") or parsed.query or parsed.fragment or parsed.username:
         raise ValueError(f"seed {url!r} must not have a path; k3snoded adds {PEERS_PATH}")
-    return str(parsed.origin())
+    host = f"[{host}]" if ":" in host else host
+    return f"{parsed.scheme}://{host}" + (f":{port}" if port is not None else "")
 
 
 def parse_peers(body: bytes, cluster: str) -> list[Peer]:
@@ -223,8 +208,15 @@ def parse_peers(body: bytes, cluster: str) -> list[Peer]:
     return peers
 
 
+def _unverified_tls() -> ssl.SSLContext:
+    """TLS without certificate checks: trust comes from the HMAC, not from the transport."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 async def fetch_peers(
-    session: aiohttp.ClientSession,
     url: str,
     key: bytes,
     cluster: str,
@@ -239,35 +231,32 @@ async def fetch_peers(
     With ``local``, this node describes itself in the signed query string, so the seed can tell
     later callers about it.
 
-    Raises AuthenticationError (we were refused, or the answer is forged, stale or foreign),
-    aiohttp.ClientError / TimeoutError (unreachable), ValueError (bad URL).
+    Raises AuthenticationError (we were refused, or the answer is forged, stale, foreign or too
+    large), OSError / TimeoutError (unreachable), ValueError (bad URL).
     """
     path = PEERS_PATH
     if local is not None:
         path += "?" + urlencode(sorted(peer_to_fields(local).items()))
     nonce = new_nonce(os.urandom(16))
     headers = sign_request(key, "GET", path, b"", clock(), nonce)
-    async with session.get(
-        URL(base_url(url) + path, encoded=True),
-        headers=headers,
-        timeout=aiohttp.ClientTimeout(total=request_timeout),
-        ssl=False,
-        allow_redirects=False,
-    ) as response:
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in response.content.iter_chunked(1 << 16):
-            size += len(chunk)
-            if size > MAX_BODY:
-                raise AuthenticationError("answer too large")
-            chunks.append(chunk)
-        body = b"".join(chunks)
-        if response.status == 401:
-            reason = body.decode(errors="replace").strip()[:100]
-            raise AuthenticationError(f"refused by the seed: {reason}")
-        verify_response(
-            key, nonce, response.status, body, response.headers, now=clock(), window=window
-        )
-        if response.status != 200:
-            raise AuthenticationError(f"unexpected status {response.status}")
+    base = base_url(url)
+    tls = _unverified_tls() if base.startswith("https:") else None
+    try:
+        response = await httpc.request(
+            "GET", base + path, headers=headers, timeout=request_timeout, ssl_context=tls,
+            max_body=MAX_BODY,
+        )  # fmt: skip
+    except httpc.HttpError as exc:
+        if "larger than" in str(exc):  # httpc's words for an answer over max_body
+            raise AuthenticationError("answer too large") from exc
+        raise
+    body = response.body
+    if response.status == 401:
+        reason = body.decode(errors="replace").strip()[:100]
+        raise AuthenticationError(f"refused by the seed: {reason}")
+    verify_response(
+        key, nonce, response.status, body, Headers(response.headers), now=clock(), window=window
+    )
+    if response.status != 200:
+        raise AuthenticationError(f"unexpected status {response.status}")
     return parse_peers(body, cluster)

@@ -14,8 +14,6 @@ import logging
 import time
 from collections.abc import Sequence
 
-import aiohttp
-
 from k3snoded.discovery.peer_api import Clock, base_url, fetch_peers
 from k3snoded.errors import AuthenticationError
 from k3snoded.model import Peer
@@ -54,7 +52,7 @@ class SeedDiscovery:
         self._clock = clock
         self._peers: dict[str, Peer] = {}
         self._failing: dict[str, str] = {}  # seed -> reason last logged
-        self._session: aiohttp.ClientSession | None = None
+        self._started = False
         self._tasks: list[asyncio.Task[None]] = []
         self.changed = asyncio.Event()  # set whenever peers() changes; consumers clear it
 
@@ -71,9 +69,9 @@ class SeedDiscovery:
         return dict(self._peers)
 
     async def start(self) -> None:
-        if self._session is not None:
+        if self._started:
             return
-        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=16))
+        self._started = True
         self._tasks = [
             asyncio.create_task(self._poll(seed), name=f"seed {seed}") for seed in self._seeds
         ]
@@ -83,9 +81,7 @@ class SeedDiscovery:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        self._started = False
 
     async def __aenter__(self) -> SeedDiscovery:
         await self.start()
@@ -106,11 +102,10 @@ class SeedDiscovery:
             await asyncio.sleep(delay)
 
     async def _ask(self, seed: str) -> bool:
-        if self._session is None:
+        if not self._started:
             raise RuntimeError("SeedDiscovery.start() was not called")
         try:
             learned = await fetch_peers(
-                self._session,
                 seed,
                 self._key,
                 self._cluster,
@@ -121,7 +116,7 @@ class SeedDiscovery:
         except AuthenticationError as exc:
             self._failed(seed, str(exc))
             return False
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        except (TimeoutError, OSError) as exc:
             self._failed(seed, f"unreachable: {type(exc).__name__} {exc}".strip())
             return False
         if self._failing.pop(seed, None) is not None:

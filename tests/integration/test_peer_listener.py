@@ -10,10 +10,9 @@ import socket
 import time
 from collections.abc import AsyncIterator
 
-import aiohttp
 import pytest
-from aiohttp import web
 
+from k3snoded import httpc, httpd
 from k3snoded.discovery import listener
 from k3snoded.discovery.peer_api import PEERS_PATH, PeerApi, fetch_peers
 from k3snoded.discovery.signing import derive_key, new_nonce, sign_request
@@ -24,21 +23,21 @@ N1 = Peer("n1", "lab", ("198.18.0.11",), 6480, Role.SERVER)
 
 
 @pytest.fixture
-async def site() -> AsyncIterator[tuple[str, int, listener.PeerSite]]:
+async def site() -> AsyncIterator[tuple[str, int, httpd.Server]]:
     app = listener.application()
     PeerApi(KEY, "lab", lambda: [], lambda: N1).install(app)
 
-    async def post(request: web.Request) -> web.Response:
-        return web.Response(text=f"{len(await listener.read_body(request))}\n")
+    async def post(request: httpd.Request) -> httpd.Response:
+        return httpd.text(f"{len(request.body)}\n")
 
-    app.router.add_post("/echo", post)
-    runner, peer_site = await listener.serve(
+    app.add_post("/echo", post)
+    server = await listener.serve(
         app, "127.0.0.1", 0, keepalive_timeout=0.5, max_connections=40, max_per_source=8
     )
     try:
-        yield "127.0.0.1", peer_site.port, peer_site
+        yield "127.0.0.1", server.port, server
     finally:
-        await runner.cleanup()
+        await server.close()
 
 
 async def _exchange(host: str, port: int, request: bytes, source: str = "127.0.0.1") -> bytes:
@@ -54,7 +53,7 @@ async def _exchange(host: str, port: int, request: bytes, source: str = "127.0.0
 
 
 async def test_an_oversized_body_is_refused_from_its_length(
-    site: tuple[str, int, listener.PeerSite],
+    site: tuple[str, int, httpd.Server],
 ) -> None:
     host, port, _ = site
     head = f"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: {10 << 20}\r\n\r\n".encode()
@@ -69,13 +68,13 @@ async def test_an_oversized_body_is_refused_from_its_length(
     assert (await _exchange(host, port, small)).endswith(b"5\n")
 
 
-async def test_a_get_with_a_body_is_refused(site: tuple[str, int, listener.PeerSite]) -> None:
+async def test_a_get_with_a_body_is_refused(site: tuple[str, int, httpd.Server]) -> None:
     host, port, _ = site
     get = f"GET {PEERS_PATH} HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nabcd".encode()
     assert (await _exchange(host, port, get)).startswith(b"HTTP/1.1 400")
 
 
-async def test_a_slow_request_head_is_cut_off(site: tuple[str, int, listener.PeerSite]) -> None:
+async def test_a_slow_request_head_is_cut_off(site: tuple[str, int, httpd.Server]) -> None:
     host, port, _ = site
     reader, writer = await asyncio.open_connection(host, port)
     t0 = time.monotonic()
@@ -96,7 +95,7 @@ async def test_a_slow_request_head_is_cut_off(site: tuple[str, int, listener.Pee
 
 
 async def test_connection_caps_per_source_and_in_all(
-    site: tuple[str, int, listener.PeerSite],
+    site: tuple[str, int, httpd.Server],
 ) -> None:
     host, port, peer_site = site
     hogs: list[socket.socket] = []
@@ -108,8 +107,7 @@ async def test_connection_caps_per_source_and_in_all(
         assert peer_site.admission.by_source["127.0.0.2"] == 8
         assert peer_site.admission.refused >= 12
         # Another source is still answered, signed, while the first one is capped.
-        async with aiohttp.ClientSession() as session:
-            peers = await fetch_peers(session, f"http://{host}:{port}", KEY, "lab")
+        peers = await fetch_peers(f"http://{host}:{port}", KEY, "lab")
         assert peers[0].name == "n1"
     finally:
         for s in hogs:
@@ -127,17 +125,16 @@ def test_admission_counts_and_releases() -> None:
 
 
 async def test_refusals_with_ever_new_reasons_do_not_flood_the_log(
-    site: tuple[str, int, listener.PeerSite], caplog: pytest.LogCaptureFixture
+    site: tuple[str, int, httpd.Server], caplog: pytest.LogCaptureFixture
 ) -> None:
     """Stale timestamps make every refusal's text different ("stale request: 412 s old"):
     still only a handful of lines."""
     host, port, _ = site
     caplog.set_level(logging.WARNING, logger="k3snoded.discovery.peer_api")
-    async with aiohttp.ClientSession() as session:
-        for age in range(100, 400):
-            headers = sign_request(KEY, "GET", PEERS_PATH, b"", time.time() - age,
-                                   new_nonce(os.urandom(16)))  # fmt: skip
-            async with session.get(f"http://{host}:{port}{PEERS_PATH}", headers=headers) as r:
-                assert r.status == 401
+    for age in range(100, 400):
+        headers = sign_request(KEY, "GET", PEERS_PATH, b"", time.time() - age,
+                               new_nonce(os.urandom(16)))  # fmt: skip
+        r = await httpc.request("GET", f"http://{host}:{port}{PEERS_PATH}", headers=headers)
+        assert r.status == 401
     lines = [r for r in caplog.records if "refused peer-API request" in r.getMessage()]
     assert 1 <= len(lines) <= 10, len(lines)

@@ -1,4 +1,4 @@
-"""Seed discovery against real aiohttp servers on loopback (free ports)."""
+"""Seed discovery against real HTTP servers (httpd.py) on loopback (free ports)."""
 
 from __future__ import annotations
 
@@ -9,15 +9,14 @@ import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-import aiohttp
 import pytest
-from aiohttp import web
-from yarl import URL
 
-from k3snoded.discovery.peer_api import PEERS_PATH, PeerApi, base_url, fetch_peers, peer_routes
+from k3snoded import httpc
+from k3snoded.discovery.peer_api import PEERS_PATH, PeerApi, base_url, fetch_peers
 from k3snoded.discovery.seed import SeedDiscovery
 from k3snoded.discovery.signing import derive_key, new_nonce, sign_request, sign_response
 from k3snoded.errors import AuthenticationError
+from k3snoded.httpd import Request, Response, Router, Server
 from k3snoded.model import Peer, Role
 
 KEY = derive_key("s3cret", "lab")
@@ -25,32 +24,33 @@ N1 = Peer("n1", "lab", ("198.18.0.11",), 6480, Role.SERVER, "198.18.0.100")
 N2 = Peer("n2", "lab", ("198.18.0.12",), 6480, Role.AGENT)
 FOREIGN = Peer("x9", "other", ("198.18.0.99",), 6480, Role.SERVER)
 
-Serve = Callable[[web.Application], Awaitable[str]]
+Serve = Callable[[Router], Awaitable[str]]
 
 
 @pytest.fixture
 async def serve() -> AsyncIterator[Serve]:
-    runners: list[web.AppRunner] = []
+    servers: list[Server] = []
 
-    async def start(app: web.Application) -> str:
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        runners.append(runner)
-        host, port = runner.addresses[0][:2]
-        return f"http://{host}:{port}"
+    async def start(router: Router) -> str:
+        server = Server(router)
+        await server.start_tcp("127.0.0.1", 0)
+        servers.append(server)
+        return f"http://127.0.0.1:{server.port}"
 
     yield start
-    for runner in runners:
-        await runner.cleanup()
+    for server in servers:
+        await server.close()
 
 
-def peer_app(key: bytes = KEY, cluster: str = "lab") -> tuple[web.Application, PeerApi]:
+def peer_app(key: bytes = KEY, cluster: str = "lab") -> tuple[Router, PeerApi]:
     api = PeerApi(key, cluster, lambda: [N1, N2, FOREIGN], lambda: N1)
-    app = web.Application()
+    app = Router()
     api.install(app)
     return app, api
+
+
+async def _get(url: str, headers: dict[str, str] | None = None) -> httpc.Response:
+    return await httpc.request("GET", url, headers=headers)
 
 
 async def test_signed_request_learns_the_seed_and_its_peers(serve: Serve) -> None:
@@ -60,8 +60,7 @@ async def test_signed_request_learns_the_seed_and_its_peers(serve: Serve) -> Non
         assert await seeds.refresh() == 1
         # n2 is ourselves; the other cluster's peer is never passed on
         assert seeds.peers() == {"n1": N1}
-    async with aiohttp.ClientSession() as session:
-        got = await fetch_peers(session, url + "/", KEY, "lab")
+    got = await fetch_peers(url + "/", KEY, "lab")
     assert got == [N1, N2]
     assert api.rejected == 0
 
@@ -101,24 +100,23 @@ async def test_unsigned_and_replayed_requests_are_refused(serve: Serve) -> None:
     app, api = peer_app()
     url = await serve(app)
     headers = sign_request(KEY, "GET", PEERS_PATH, b"", _now(), _nonce())
-    async with aiohttp.ClientSession() as session:
-        async with session.get(url + PEERS_PATH) as resp:
-            assert resp.status == 401
-            assert (await resp.text()).strip() == "unsigned request"
-        async with session.get(url + PEERS_PATH, headers=headers) as resp:
-            assert resp.status == 200
-        async with session.get(url + PEERS_PATH, headers=headers) as resp:
-            assert resp.status == 401
-            assert (await resp.text()).strip() == "replayed request"
-        # the same signature on another path is a forgery
-        other = sign_request(KEY, "GET", "/v1/other", b"", _now(), _nonce())
-        async with session.get(url + PEERS_PATH, headers=other) as resp:
-            assert resp.status == 401
-            assert (await resp.text()).strip() == "bad request signature"
-        stale = sign_request(KEY, "GET", PEERS_PATH, b"", _now() - 120, _nonce())
-        async with session.get(url + PEERS_PATH, headers=stale) as resp:
-            assert resp.status == 401
-            assert (await resp.text()).strip().startswith("stale request")
+    resp = await _get(url + PEERS_PATH)
+    assert resp.status == 401
+    assert resp.text().strip() == "unsigned request"
+    resp = await _get(url + PEERS_PATH, headers)
+    assert resp.status == 200
+    resp = await _get(url + PEERS_PATH, headers)
+    assert resp.status == 401
+    assert resp.text().strip() == "replayed request"
+    # the same signature on another path is a forgery
+    other = sign_request(KEY, "GET", "/v1/other", b"", _now(), _nonce())
+    resp = await _get(url + PEERS_PATH, other)
+    assert resp.status == 401
+    assert resp.text().strip() == "bad request signature"
+    stale = sign_request(KEY, "GET", PEERS_PATH, b"", _now() - 120, _nonce())
+    resp = await _get(url + PEERS_PATH, stale)
+    assert resp.status == 401
+    assert resp.text().strip().startswith("stale request")
     assert api.rejected == 4
 
 
@@ -130,12 +128,12 @@ def _nonce() -> str:
     return new_nonce(os.urandom(16))
 
 
-def fake_seed(answer: Callable[[web.Request], web.Response]) -> web.Application:
-    async def handler(request: web.Request) -> web.Response:
+def fake_seed(answer: Callable[[Request], Response]) -> Router:
+    async def handler(request: Request) -> Response:
         return answer(request)
 
-    app = web.Application()
-    app.router.add_get(PEERS_PATH, handler)
+    app = Router()
+    app.add_get(PEERS_PATH, handler)
     return app
 
 
@@ -148,9 +146,9 @@ BODY = (
 @pytest.mark.parametrize(
     "answer",
     [
-        pytest.param(lambda r: web.Response(body=BODY), id="unsigned"),
+        pytest.param(lambda r: Response(body=BODY), id="unsigned"),
         pytest.param(
-            lambda r: web.Response(
+            lambda r: Response(
                 body=BODY,
                 headers=sign_response(
                     derive_key("guess", "lab"), r.headers["X-K3snoded-Nonce"], 200, BODY, _now()
@@ -159,20 +157,18 @@ BODY = (
             id="signed-with-another-key",
         ),
         pytest.param(
-            lambda r: web.Response(
-                body=BODY, headers=sign_response(KEY, _nonce(), 200, BODY, _now())
-            ),
+            lambda r: Response(body=BODY, headers=sign_response(KEY, _nonce(), 200, BODY, _now())),
             id="replayed-answer-to-another-request",
         ),
         pytest.param(
-            lambda r: web.Response(
+            lambda r: Response(
                 body=BODY + b" ",
                 headers=sign_response(KEY, r.headers["X-K3snoded-Nonce"], 200, BODY, _now()),
             ),
             id="altered-body",
         ),
         pytest.param(
-            lambda r: web.Response(
+            lambda r: Response(
                 body=BODY,
                 headers=sign_response(KEY, r.headers["X-K3snoded-Nonce"], 200, BODY, _now() - 300),
             ),
@@ -181,12 +177,11 @@ BODY = (
     ],
 )
 async def test_forged_answers_are_ignored(
-    serve: Serve, answer: Callable[[web.Request], web.Response]
+    serve: Serve, answer: Callable[[Request], Response]
 ) -> None:
     url = await serve(fake_seed(answer))
-    async with aiohttp.ClientSession() as session:
-        with pytest.raises(AuthenticationError):
-            await fetch_peers(session, url, KEY, "lab")
+    with pytest.raises(AuthenticationError):
+        await fetch_peers(url, KEY, "lab")
     async with SeedDiscovery([url], KEY, "lab") as seeds:
         assert await seeds.refresh() == 0
         assert seeds.peers() == {}
@@ -195,8 +190,8 @@ async def test_forged_answers_are_ignored(
 async def test_genuine_answer_from_fake_seed_is_accepted(serve: Serve) -> None:
     """Control for the forgeries above: the same body, correctly signed, is learned."""
 
-    def answer(r: web.Request) -> web.Response:
-        return web.Response(
+    def answer(r: Request) -> Response:
+        return Response(
             body=BODY, headers=sign_response(KEY, r.headers["X-K3snoded-Nonce"], 200, BODY, _now())
         )
 
@@ -211,7 +206,7 @@ async def test_unreachable_seed_backs_off_and_logs_once(
 ) -> None:
     app, _ = peer_app()
     good = await serve(app)
-    bad = await serve(web.Application())  # answers 404, unsigned
+    bad = await serve(Router())  # answers 404, unsigned
     caplog.set_level(logging.WARNING)
     async with SeedDiscovery([bad, good], KEY, "lab", request_timeout=1) as seeds:
         for _ in range(3):
@@ -270,7 +265,7 @@ async def test_callers_describe_themselves_and_are_passed_on(serve: Serve) -> No
     """Seed-only discovery: n2 and n3 only know the seed n1, yet find each other through it."""
     seen: list[Peer] = []
     api = PeerApi(KEY, "lab", list, lambda: N1, on_caller=seen.append)
-    app = web.Application()
+    app = Router()
     api.install(app)
     url = await serve(app)
     async with (
@@ -304,12 +299,9 @@ async def test_bad_self_descriptions_are_refused(serve: Serve, query: str, reaso
     url = await serve(app)
     path = PEERS_PATH + query
     headers = sign_request(KEY, "GET", path, b"", _now(), _nonce())
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(URL(url + path, encoded=True), headers=headers) as resp,
-    ):
-        assert resp.status == 400
-        assert (await resp.text()).startswith(reason)
+    resp = await _get(url + path, headers)
+    assert resp.status == 400
+    assert resp.text().startswith(reason)
     assert api.callers() == {}
 
 
@@ -319,19 +311,15 @@ async def test_self_description_is_covered_by_the_signature(serve: Serve) -> Non
     signed_path = PEERS_PATH + "?v=1&n=n2&c=lab&a=&p=1&r=none"
     headers = sign_request(KEY, "GET", signed_path, b"", _now(), _nonce())
     sent = signed_path.replace("r=none", "r=server")
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(URL(url + sent, encoded=True), headers=headers) as resp,
-    ):
-        assert resp.status == 401
+    resp = await _get(url + sent, headers)
+    assert resp.status == 401
     assert api.callers() == {}
 
 
-async def test_peer_routes_table(serve: Serve) -> None:
-    app = web.Application()
-    app.add_routes(peer_routes(KEY, "lab", lambda: [N2], lambda: N1))
+async def test_a_peer_api_answers_its_key_and_refuses_another(serve: Serve) -> None:
+    app = Router()
+    PeerApi(KEY, "lab", lambda: [N2], lambda: N1).install(app)
     url = await serve(app)
-    async with aiohttp.ClientSession() as session:
-        assert await fetch_peers(session, url, KEY, "lab") == [N1, N2]
-        with pytest.raises(AuthenticationError, match="refused by the seed"):
-            await fetch_peers(session, url, derive_key("x", "lab"), "lab")
+    assert await fetch_peers(url, KEY, "lab") == [N1, N2]
+    with pytest.raises(AuthenticationError, match="refused by the seed"):
+        await fetch_peers(url, derive_key("x", "lab"), "lab")

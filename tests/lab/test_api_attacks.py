@@ -32,24 +32,22 @@ __all__ = ["lab_factory", "token"]  # fixtures, imported for pytest
 
 PROBE = r"""
 import asyncio, json, sys, time
-import aiohttp
 from k3snoded.discovery.peer_api import fetch_peers
 from k3snoded.discovery.signing import derive_key
 
 async def main(url, token_file, seconds):
     key = derive_key(open(token_file).read(), "lab")
     end = time.monotonic() + seconds
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < end:
-            t0 = time.monotonic()
-            try:
-                peers = await fetch_peers(session, url, key, "lab", request_timeout=3)
-                ok, why = peers[0].name == "n1", ""
-            except Exception as exc:
-                ok, why = False, f"{type(exc).__name__}: {exc}"
-            print(json.dumps({"t": t0, "ok": ok, "s": time.monotonic() - t0, "why": why}),
-                  flush=True)
-            await asyncio.sleep(0.5)
+    while time.monotonic() < end:
+        t0 = time.monotonic()
+        try:
+            peers = await fetch_peers(url, key, "lab", request_timeout=3)
+            ok, why = peers[0].name == "n1", ""
+        except Exception as exc:
+            ok, why = False, f"{type(exc).__name__}: {exc}"
+        print(json.dumps({"t": t0, "ok": ok, "s": time.monotonic() - t0, "why": why}),
+              flush=True)
+        await asyncio.sleep(0.5)
 
 asyncio.run(main(sys.argv[1], sys.argv[2], float(sys.argv[3])))
 """
