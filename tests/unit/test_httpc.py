@@ -21,8 +21,12 @@ async def server(
 ) -> AsyncIterator[tuple[str, list[bytes]]]:
     """A server that reads one request head (+ body by Content-Length) and writes answer(head)."""
     seen: list[bytes] = []
+    handlers: set[asyncio.Task[object]] = set()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.add(task)
         head = await reader.readuntil(b"\r\n\r\n")
         length = 0
         for line in head.split(b"\r\n"):
@@ -45,7 +49,12 @@ async def server(
         srv = await asyncio.start_unix_server(handle, str(unix))
         url = "http://localhost"
     async with srv:
-        yield url, seen
+        try:
+            yield url, seen
+        finally:  # a handler still waiting (the silent peer) ends with its test, not at GC
+            for task in handlers:
+                task.cancel()
+            await asyncio.gather(*handlers, return_exceptions=True)
 
 
 async def test_a_json_answer_with_its_status_headers_and_body() -> None:
