@@ -58,7 +58,7 @@ async def test_idle_probe_and_tick_share_wakeups(run_dir: Path, tracker: Tracker
         await wait_status(sup, lambda s: s.state is ChildState.READY and s.ready, timeout=30)
         await asyncio.sleep(next_tick(loop.time(), 1.0) + 0.5 - loop.time())  # settle
         counter = _SleepCounter(selector)
-        selector.select = counter  # type: ignore[method-assign]
+        selector.select = counter
         try:
             await asyncio.sleep(WINDOW)
         finally:
