@@ -37,7 +37,6 @@ token nor the keys that sign announcements and peer-API requests.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
 import struct
@@ -148,7 +147,7 @@ def compute_mac(key: bytes, message: bytes, source: IPv4Address, prefix: bytes) 
             bytes(MAC_SIZE),
         )
     )
-    return hmac.new(key, data, hashlib.sha256).digest()[:MAC_SIZE]
+    return hmac.digest(key, data, "sha256")[:MAC_SIZE]  # one-shot: OpenSSL, no HMAC object
 
 
 def _after(a: int, b: int) -> bool:
