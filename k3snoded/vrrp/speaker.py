@@ -342,7 +342,7 @@ class VrrpSpeaker:
                 "VRRP %s → %s: %s",
                 before.state.value.upper(), self._state.state.value.upper(), self._state.reason,
             )  # fmt: skip
-        if _RELEASE in actions and any(isinstance(a, machine.RemoveVip) for a in actions):
+        if any(isinstance(a, machine.RemoveVip) for a in actions) and _RELEASE in actions:
             # Releasing: the priority-0 advert goes out once the VIP is gone, so the backup
             # that reacts to it never finds the address still here (no double holder).
             actions = tuple(a for a in actions if a != _RELEASE)
