@@ -27,6 +27,7 @@ from k3snoded.notify import SystemdNotifier, watchdog_interval
 from k3snoded.peers import PeerBook
 from k3snoded.roles import RoleSource, Wanted, build_role_source
 from k3snoded.supervisor import Supervisor
+from k3snoded.ticks import sleep_to_grid
 from k3snoded.tokens import read_token
 from k3snoded.vip import VipKeeper
 
@@ -278,7 +279,8 @@ class Daemon:
         return key != self.peers.key
 
     async def _watch(self) -> None:
-        """Feed the watchdog, keep STATUS= current, send READY=1 once the role runs."""
+        """Feed the watchdog, keep STATUS= current, send READY=1 once the role runs. On the
+        daemon's time grid (ticks.py): it wakes with the readiness probe, not beside it."""
         interval = watchdog_interval()
         tick = min(interval, 1.0) if interval else 1.0
         while True:
@@ -292,7 +294,7 @@ class Daemon:
                 self._ready_sent = True
                 self.notifier.notify("READY=1")
                 log.info("local %s is running and ready", self.roles.wanted.role.value)
-            await asyncio.sleep(tick)
+            await sleep_to_grid(tick)
 
 
 def run_daemon(config_path: Path) -> int:

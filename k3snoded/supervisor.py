@@ -32,6 +32,7 @@ from k3snoded.process import (
     session_of,
     write_pidfile,
 )
+from k3snoded.ticks import next_tick
 
 __all__ = ["ChildSpec", "ChildStatus", "ProbeTls", "Supervisor"]
 
@@ -200,8 +201,13 @@ class Supervisor:
 
     async def _wait(self, seconds: float) -> None:
         """Sleep until something changes (want, shutdown, exit, READY=1) or ``seconds`` pass."""
+        await self._wait_until(time.monotonic() + max(seconds, 0.01))
+
+    async def _wait_until(self, when: float) -> None:
+        """``_wait`` up to the monotonic (= loop) clock time ``when`` exactly: a probe on the
+        time grid wakes in the same loop iteration as the daemon's other ticks (ticks.py)."""
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(max(seconds, 0.01)):
+            async with asyncio.timeout_at(when):
                 await self._kick.wait()
         self._kick.clear()
 
@@ -222,11 +228,11 @@ class Supervisor:
             if child.exited.is_set():
                 return
             child.confirmed = child.healthy = True
-            child.next_probe = time.monotonic() + self._probe_interval
+            child.next_probe = next_tick(time.monotonic(), self._probe_interval)
             how = "" if child.ready_url is None else f" and {child.ready_url} answers"
             self._set(ChildState.READY, ready=True, message=f"{self.name} is ready{how}")
             return
-        await self._wait(min(self._probe_interval, deadline - now))
+        await self._wait_until(min(next_tick(now, self._probe_interval), deadline))
 
     async def _watch_health(self, child: _Child, now: float) -> None:
         if not child.stable and now - child.started >= self._stable_after:
@@ -240,7 +246,7 @@ class Supervisor:
                 )
         if child.ready_url is not None and now >= child.next_probe:
             ok = await self._probe(child.ready_url, child.probe_tls)
-            child.next_probe = time.monotonic() + self._probe_interval
+            child.next_probe = next_tick(time.monotonic(), self._probe_interval)
             if ok != child.healthy and not child.exited.is_set():
                 child.healthy = ok
                 if ok:
@@ -249,10 +255,13 @@ class Supervisor:
                     message = f"{self.name} does not answer {child.ready_url}; not ready"
                 self._set(ChildState.READY, ready=ok, message=message)
             return
-        wake = child.next_probe if child.ready_url is not None else now + self._probe_interval
+        if child.ready_url is not None:
+            wake = child.next_probe
+        else:
+            wake = next_tick(now, self._probe_interval)
         if not child.stable:
             wake = min(wake, child.started + self._stable_after)
-        await self._wait(wake - now)
+        await self._wait_until(wake)
 
     async def _probe(self, url: str, tls: ProbeTls | None) -> bool:
         probe = self._probes.get((url, tls))

@@ -134,8 +134,13 @@ def _pseudo_header(vrid: int, source: IPv4Address) -> bytes:
     return bytes((4, 3, vrid, 0)) + source.packed + bytes(12)
 
 
-def compute_mac(key: bytes, message: bytes, source: IPv4Address, prefix: bytes) -> bytes:
-    """HMAC-SHA256 over pseudo-header, message (checksum as zero), trailer prefix, zero MAC."""
+def compute_mac(
+    key: bytes | hmac.HMAC, message: bytes, source: IPv4Address, prefix: bytes
+) -> bytes:
+    """HMAC-SHA256 over pseudo-header, message (checksum as zero), trailer prefix, zero MAC.
+
+    ``key`` is the key, or an HMAC already keyed with it (``keyed``): copying one costs no
+    digest look-up, which OpenSSL 3 otherwise repeats (under a lock) for every advert."""
     if len(message) < _VRRP_HEADER or len(prefix) != _PREFIX.size:
         raise ValueError("a VRRP message and a 12-byte trailer prefix are needed")
     data = b"".join(
@@ -148,7 +153,14 @@ def compute_mac(key: bytes, message: bytes, source: IPv4Address, prefix: bytes) 
             bytes(MAC_SIZE),
         )
     )
-    return hmac.new(key, data, hashlib.sha256).digest()[:MAC_SIZE]
+    mac = keyed(key) if isinstance(key, bytes) else key.copy()
+    mac.update(data)
+    return mac.digest()[:MAC_SIZE]
+
+
+def keyed(key: bytes) -> hmac.HMAC:
+    """An HMAC-SHA256 keyed with ``key``, to copy for each MAC."""
+    return hmac.new(key, digestmod=hashlib.sha256)
 
 
 def _after(a: int, b: int) -> bool:
@@ -178,7 +190,7 @@ class AdvertAuth:
             raise ValueError(f"an advert key has {KEY_MIN} to {KEY_MAX} bytes, not {len(key)}")
         if not 1 <= window <= 300:
             raise ValueError("the replay window is 1 to 300 s (keepalived's bounds)")
-        self._key = key
+        self._key = keyed(key)
         self.window = window
         self._max_senders = max_senders
         self._clock = clock

@@ -1,7 +1,7 @@
 """The VRRPv3 speaker: the pure machine (``machine.py``) wired to the network and the kernel.
 
 One asyncio task owns everything: the raw socket is read with ``loop.add_reader``, the single
-timer is a ``loop.call_later`` handle, and the address is reconciled by one task that compares
+timer is a loop timer handle (a master's on the daemon's time grid, ``ticks.py``), and the address is reconciled by one task that compares
 the wanted state (from the machine) with the interface and acts only on a difference. Events
 are fed to the machine synchronously, so adverts and timers never wait behind netlink.
 
@@ -33,6 +33,7 @@ from ipaddress import IPv4Address, IPv4Interface
 
 from k3snoded.errors import VrrpError
 from k3snoded.model import VrrpState
+from k3snoded.ticks import next_tick
 from k3snoded.vrrp import auth as vrrp_auth
 from k3snoded.vrrp import machine, packet
 from k3snoded.vrrp.garp import GarpSender
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 RECONCILE_EVERY = 5.0  # seconds: re-check the address even when nothing changed
 LIFETIME_REFRESH = 0.25  # seconds: how often a master refreshes the VIP's kernel lifetime
 _MAX_READS_PER_WAKEUP = 64
+_RELEASE = machine.SendAdvert(0)
 
 
 @dataclass(frozen=True)
@@ -151,6 +153,7 @@ class VrrpSpeaker:
         self._stopping = asyncio.Event()
         self._done = asyncio.Event()
         self._running = False
+        self._encoded: dict[tuple[int, int], list[bytes]] = {}  # (priority, cs) -> messages
         self._drops = _DropLog("dropping VRRP input")
         self._send_errors = _DropLog("VRRP I/O failed")
         self._mismatches = _DropLog("accepting a VRRP advert whose address list differs")
@@ -221,6 +224,7 @@ class VrrpSpeaker:
         self._config = MachineConfig(
             address=source, advert_interval=self.advert_interval, preempt=self.preempt
         )
+        self._encoded.clear()  # encoded for another source, if run before
         self._sock = VrrpSocket(
             self.interface, info.index, source, multicast=not self.unicast_peers, vrid=self.vrid
         )
@@ -338,10 +342,10 @@ class VrrpSpeaker:
                 "VRRP %s → %s: %s",
                 before.state.value.upper(), self._state.state.value.upper(), self._state.reason,
             )  # fmt: skip
-        if machine.RemoveVip() in actions and machine.SendAdvert(0) in actions:
+        if any(isinstance(a, machine.RemoveVip) for a in actions) and _RELEASE in actions:
             # Releasing: the priority-0 advert goes out once the VIP is gone, so the backup
             # that reacts to it never finds the address still here (no double holder).
-            actions = tuple(a for a in actions if a != machine.SendAdvert(0))
+            actions = tuple(a for a in actions if a != _RELEASE)
             self._release_advert = True
         for action in actions:
             self._perform(action)
@@ -364,7 +368,13 @@ class VrrpSpeaker:
                 self._wake.set()
             case machine.SetTimer(delay=d):
                 self._cancel_timer()
-                self._timer = asyncio.get_running_loop().call_later(d, self._on_timer)
+                loop = asyncio.get_running_loop()
+                if self._state.state is VrrpState.MASTER:
+                    # The advert timer, on the daemon's time grid (ticks.py): the next advert
+                    # is at most one interval away, and the daemon's 1 s ticks ride on it.
+                    self._timer = loop.call_at(next_tick(loop.time(), d), self._on_timer)
+                else:  # a backup's master-down or skew timer: never shortened
+                    self._timer = loop.call_later(d, self._on_timer)
             case machine.CancelTimer():
                 self._cancel_timer()
 
@@ -399,10 +409,16 @@ class VrrpSpeaker:
 
     def _send_advert(self, priority: int, cs: int | None = None) -> None:
         assert self._sock is not None
-        advert = packet.Advertisement(self.vrid, priority, cs or self._cs, (self.vip.ip,))
         targets = self.unicast_peers or (packet.VRRP_MULTICAST_GROUP,)
         source = self._sock.source
-        messages = [packet.encode(advert, source, dst) for dst in targets]
+        key = (priority, cs or self._cs)
+        messages = self._encoded.get(key)
+        if messages is None:  # a master sends the same message ten times a second: encode once
+            advert = packet.Advertisement(self.vrid, priority, key[1], (self.vip.ip,))
+            messages = [packet.encode(advert, source, dst) for dst in targets]
+            if len(self._encoded) >= 8:  # bounded: priorities change rarely
+                self._encoded.clear()
+            self._encoded[key] = messages
         if self._auth is not None:  # one trailer for every copy: the checksum is not covered
             trailer = self._auth.trailer(messages[0], source)
             messages = [m + trailer for m in messages]

@@ -85,15 +85,19 @@ async def _main(args: argparse.Namespace) -> int:
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            request = await reader.readline()
-            while (await reader.readline()) not in (b"\r\n", b"\n", b""):
-                pass
-            failing = args.ping_fail_file and Path(args.ping_fail_file).exists()
-            if request.startswith(b"GET /ping ") and not failing:
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\npong")
-            else:
-                writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
-            await writer.drain()
+            # --keep-alive answers on the same connection, as k3s (Go's net/http) does.
+            for _ in range(100_000 if args.keep_alive else 1):
+                request = await reader.readline()
+                if not request:
+                    break
+                while (await reader.readline()) not in (b"\r\n", b"\n", b""):
+                    pass
+                failing = args.ping_fail_file and Path(args.ping_fail_file).exists()
+                if request.startswith(b"GET /ping ") and not failing:
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\npong")
+                else:
+                    writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+                await writer.drain()
         except (OSError, ssl.SSLError):
             pass
         finally:
@@ -115,6 +119,7 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--ready-delay", type=float, default=0.1)
     parser.add_argument("--no-ready", action="store_true")
+    parser.add_argument("--keep-alive", action="store_true")
     parser.add_argument("--ping-fail-file", default="")
     parser.add_argument("--exit-after", type=float, default=None)
     parser.add_argument("--exit-code", type=int, default=1)
