@@ -1,8 +1,9 @@
 """The VRRPv3 speaker: the pure machine (``machine.py``) wired to the network and the kernel.
 
 One asyncio task owns everything: the raw socket is read with ``loop.add_reader``, the single
-timer is a loop timer handle (a master's on the daemon's time grid, ``ticks.py``), and the address is reconciled by one task that compares
-the wanted state (from the machine) with the interface and acts only on a difference. Events
+timer is a loop timer handle (a master's on the daemon's time grid, ``ticks.py``), and the
+address is reconciled by one task that compares the wanted state (from the machine) with the
+interface and acts only on a difference. Events
 are fed to the machine synchronously, so adverts and timers never wait behind netlink.
 
 Health tracking belongs to the caller (the daemon probes the local k3s ``/ping``):
