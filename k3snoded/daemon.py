@@ -51,6 +51,7 @@ class Daemon:
         self.roles: RoleSource = build_role_source(
             cfg, self.supervisor, vip=self.vip, peers=self.peers
         )
+        self.roles.after_each_step(self.peers.poke)
         self.ops_request = ops_wiring.attach(self.roles, self.peers)
         self.node_roles = NodeRoleKeeper(
             lambda: self.cfg, lambda: self.roles.wanted.role, lambda: self.supervisor.status

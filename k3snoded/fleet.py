@@ -203,6 +203,7 @@ class FleetRoles(RoleSource):
             await self.vip.ensure(
                 run=self.wanted.role is Role.SERVER, healthy=self.supervisor.status.ready
             )
+            self._stepped()
             # At rest one cycle per renew interval (the statement budget); while converging,
             # a fast cycle, and a change of the local k3s wakes the loop at once.
             period = interval if self._at_rest() else min(FAST_CYCLE, interval)

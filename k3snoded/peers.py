@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import secrets
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from k3snoded.discovery.seed import SeedDiscovery
 from k3snoded.discovery.signing import derive_key
 from k3snoded.httpd import Router
 from k3snoded.model import Peer, Role
+from k3snoded.ticks import next_tick
 from k3snoded.tokens import read_token
 
 if TYPE_CHECKING:
@@ -25,7 +27,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("k3snoded.peers")
 
-REANNOUNCE_CHECK = 1.0  # seconds between checks whether our announcement must change
+REANNOUNCE_CHECK = 1.0  # seconds between checks whether our announcement must change (on the
+# daemon's time grid, ticks.py); a poke() looks at once
 RETRY_FIRST = 1.0  # seconds before mDNS is tried again after it could not start; doubles
 RETRY_MAX = 30.0
 
@@ -46,6 +49,13 @@ class PeerBook:
         self.seeds: SeedDiscovery | None = None
         self.mdns: MdnsDiscovery | None = None
         self._announced: Peer | None = None
+        self._poked = asyncio.Event()
+
+    def poke(self) -> None:
+        """What this machine announces may have changed (its role, the CA hash it vouches
+        for): look now, not at the next check. An agent of a cold start waits for the first
+        server's announcement of the CA hash; a second of lag here was a second of its start."""
+        self._poked.set()
 
     @property
     def key(self) -> bytes:
@@ -86,7 +96,10 @@ class PeerBook:
                     failing = True
                     retry_at = loop.time() + delay
                     delay = min(delay * 2, RETRY_MAX)
-            await asyncio.sleep(REANNOUNCE_CHECK)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(next_tick(loop.time(), REANNOUNCE_CHECK)):
+                    await self._poked.wait()
+            self._poked.clear()
             now = self._local()
             if now == self._announced:
                 continue

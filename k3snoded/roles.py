@@ -26,6 +26,7 @@ from k3snoded.model import Role, RolePreference
 from k3snoded.peers import PeerBook
 from k3snoded.process import ChildSpec, ChildStatus
 from k3snoded.supervisor import Supervisor
+from k3snoded.ticks import sleep_to_grid
 from k3snoded.tokens import TokenError
 from k3snoded.vip import VipKeeper
 
@@ -76,6 +77,16 @@ class RoleSource(abc.ABC):
         self.pins = CaPin(cfg)  # what this machine knows of the cluster CA (capin.py)
         self._applied = Pin()
         self._write_failed = ""
+        self._after_step: list[Callable[[], None]] = []
+
+    def after_each_step(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` after every step of the role loop (what this machine announces,
+        its role and the CA hash it vouches for, may have changed: ``PeerBook.poke``)."""
+        self._after_step.append(callback)
+
+    def _stepped(self) -> None:
+        for callback in self._after_step:
+            callback()
 
     @property
     def pin(self) -> Pin:
@@ -211,7 +222,9 @@ class StaticRoles(RoleSource):
             wanted = static_role(self.cfg, self._learned())
             await self._learn_pin(wanted)
             await self.apply(wanted)
-            await asyncio.sleep(WAITING_POLL if self.wanted.role is Role.NONE else RUNNING_POLL)
+            self._stepped()
+            poll = WAITING_POLL if self.wanted.role is Role.NONE else RUNNING_POLL
+            await sleep_to_grid(poll)
 
     async def _learn_pin(self, wanted: Wanted) -> None:
         """A single server: its own CA (once ready), and the agent token when its k3s cluster
