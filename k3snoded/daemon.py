@@ -138,8 +138,7 @@ class Daemon:
         k3s = "ready" if c.ready else c.state.value
         if c.crash_loop:
             k3s += ", crash loop"
-        vip = self.roles.status().get("vip", {})
-        held = ", VIP held" if vip.get("held") else ""
+        held = ", VIP held" if self.vip.held else ""  # not the whole status, every second
         return f"{w.role.value}, k3s {k3s}{held}: {w.reason}"
 
     # ---- lifecycle -----------------------------------------------------------------------

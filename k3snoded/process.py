@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -92,11 +93,12 @@ class ChildSpec:
     def env_dict(self) -> dict[str, str]:
         return dict(self.env)
 
-    @property
+    @functools.cached_property
     def identity(self) -> str:
         """A hash of what the process was started with (argv, env, cwd), kept in the pidfile.
 
         Readiness and stop settings are not part of it: changing them restarts nothing.
+        Computed once per spec (the supervisor compares it at every probe, twice a second).
         """
         blob = json.dumps([self.argv, self.env, str(self.cwd or "")]).encode()
         return hashlib.sha256(blob).hexdigest()

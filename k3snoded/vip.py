@@ -325,6 +325,11 @@ class VipKeeper:
         if guard is not None:
             await guard.stop()
 
+    @property
+    def held(self) -> bool:
+        """This machine holds the VIP (its speaker is master with the address on)."""
+        return self._speaker is not None and self._speaker.status.holds_vip
+
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = {"address": self.address or None, "held": False}
         if self._holds:
