@@ -32,7 +32,6 @@ from k3snoded.process import (
     session_of,
     write_pidfile,
 )
-from k3snoded.ticks import next_tick
 
 __all__ = ["ChildSpec", "ChildStatus", "ProbeTls", "Supervisor"]
 
@@ -228,11 +227,11 @@ class Supervisor:
             if child.exited.is_set():
                 return
             child.confirmed = child.healthy = True
-            child.next_probe = next_tick(time.monotonic(), self._probe_interval)
+            child.next_probe = time.monotonic() + self._probe_interval
             how = "" if child.ready_url is None else f" and {child.ready_url} answers"
             self._set(ChildState.READY, ready=True, message=f"{self.name} is ready{how}")
             return
-        await self._wait_until(min(next_tick(now, self._probe_interval), deadline))
+        await self._wait(min(self._probe_interval, deadline - now))
 
     async def _watch_health(self, child: _Child, now: float) -> None:
         if not child.stable and now - child.started >= self._stable_after:
@@ -246,7 +245,12 @@ class Supervisor:
                 )
         if child.ready_url is not None and now >= child.next_probe:
             ok = await self._probe(child.ready_url, child.probe_tls)
-            child.next_probe = next_tick(time.monotonic(), self._probe_interval)
+            # A full interval after this probe ended, not on the daemon's time grid: the
+            # apiserver answers /readyz's etcd check from a result it keeps for 1 s
+            # (rate.Every(etcd-readycheck-timeout/2)); probes exactly 1 s apart were given
+            # the previous second's verdict half the time, and a lost datastore moved the VIP
+            # to a server whose k3s was failing too (tests/lab/test_healing.py).
+            child.next_probe = time.monotonic() + self._probe_interval
             if ok != child.healthy and not child.exited.is_set():
                 child.healthy = ok
                 if ok:
@@ -255,10 +259,7 @@ class Supervisor:
                     message = f"{self.name} does not answer {child.ready_url}; not ready"
                 self._set(ChildState.READY, ready=ok, message=message)
             return
-        if child.ready_url is not None:
-            wake = child.next_probe
-        else:
-            wake = next_tick(now, self._probe_interval)
+        wake = child.next_probe if child.ready_url is not None else now + self._probe_interval
         if not child.stable:
             wake = min(wake, child.started + self._stable_after)
         await self._wait_until(wake)
