@@ -280,7 +280,8 @@ class Daemon:
 
     async def _watch(self) -> None:
         """Feed the watchdog, keep STATUS= current, send READY=1 once the role runs. On the
-        daemon's time grid (ticks.py): it wakes with the readiness probe, not beside it."""
+        daemon's time grid (ticks.py): it wakes with every tenth advert of a VRRP master and
+        with discovery's check, not beside them."""
         interval = watchdog_interval()
         tick = min(interval, 1.0) if interval else 1.0
         while True:

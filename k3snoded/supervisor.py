@@ -200,13 +200,8 @@ class Supervisor:
 
     async def _wait(self, seconds: float) -> None:
         """Sleep until something changes (want, shutdown, exit, READY=1) or ``seconds`` pass."""
-        await self._wait_until(time.monotonic() + max(seconds, 0.01))
-
-    async def _wait_until(self, when: float) -> None:
-        """``_wait`` up to the monotonic (= loop) clock time ``when`` exactly: a probe on the
-        time grid wakes in the same loop iteration as the daemon's other ticks (ticks.py)."""
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout_at(when):
+            async with asyncio.timeout(max(seconds, 0.01)):
                 await self._kick.wait()
         self._kick.clear()
 
@@ -262,7 +257,7 @@ class Supervisor:
         wake = child.next_probe if child.ready_url is not None else now + self._probe_interval
         if not child.stable:
             wake = min(wake, child.started + self._stable_after)
-        await self._wait_until(wake)
+        await self._wait(wake - now)
 
     async def _probe(self, url: str, tls: ProbeTls | None) -> bool:
         probe = self._probes.get((url, tls))
