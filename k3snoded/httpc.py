@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -30,10 +30,30 @@ class HttpError(OSError):
     answer. An OSError, so callers that handle an unreachable peer handle this too."""
 
 
+class Headers(Mapping[str, str]):
+    """Header fields by case-insensitive name; repeated fields joined with ", "."""
+
+    def __init__(self, items: Mapping[str, str] | list[tuple[str, str]] | None = None) -> None:
+        pairs = items.items() if isinstance(items, Mapping) else (items or [])
+        self._d: dict[str, str] = {}
+        for name, value in pairs:
+            key = name.lower()
+            self._d[key] = f"{self._d[key]}, {value}" if key in self._d else value
+
+    def __getitem__(self, name: str) -> str:
+        return self._d[name.lower()]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._d)
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+
 @dataclass(frozen=True)
 class Response:
     status: int
-    headers: dict[str, str]  # lower-case names; repeated headers joined with ", "
+    headers: Headers
     body: bytes
 
     def text(self) -> str:
@@ -126,20 +146,13 @@ async def _exchange(
                     raise HttpError(f"answer larger than {max_body} bytes")
                 chunks.append(bytes(event.data))
             elif isinstance(event, h11.EndOfMessage) and answer is not None:
-                return Response(answer.status_code, _headers(answer), b"".join(chunks))
+                fields = [(n.decode("ascii"), v.decode("latin-1")) for n, v in answer.headers]
+                return Response(answer.status_code, Headers(fields), b"".join(chunks))
             elif isinstance(event, h11.ConnectionClosed):
                 raise HttpError("connection closed before a complete answer")
             # InformationalResponse (100 Continue, ...): keep reading
     except h11.ProtocolError as exc:
         raise HttpError(f"malformed answer: {exc}") from exc
-
-
-def _headers(answer: h11.Response) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for name, value in answer.headers:
-        key, text = name.decode("ascii").lower(), value.decode("latin-1")
-        out[key] = f"{out[key]}, {text}" if key in out else text
-    return out
 
 
 _DEFAULT: list[ssl.SSLContext] = []

@@ -24,13 +24,14 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
 import h11
 
+from k3snoded.httpc import Headers
 from k3snoded.ratelimit import OncePerKey
 
 log = logging.getLogger(__name__)
@@ -47,26 +48,6 @@ class Limits:
     body_timeout: float = 5.0
     max_connections: int = 256
     max_per_source: int = 32
-
-
-class Headers(Mapping[str, str]):
-    """Header fields by case-insensitive name; repeated fields joined with ", "."""
-
-    def __init__(self, items: Mapping[str, str] | list[tuple[str, str]] | None = None) -> None:
-        pairs = items.items() if isinstance(items, Mapping) else (items or [])
-        self._d: dict[str, str] = {}
-        for name, value in pairs:
-            key = name.lower()
-            self._d[key] = f"{self._d[key]}, {value}" if key in self._d else value
-
-    def __getitem__(self, name: str) -> str:
-        return self._d[name.lower()]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._d)
-
-    def __len__(self) -> int:
-        return len(self._d)
 
 
 @dataclass(frozen=True)

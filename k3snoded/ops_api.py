@@ -31,7 +31,7 @@ from k3snoded import httpc
 from k3snoded.discovery.peer_api import PeerApi
 from k3snoded.discovery.signing import new_nonce, sign_request, verify_response
 from k3snoded.errors import AuthenticationError
-from k3snoded.httpd import Headers, Request, Response, Router, json_response
+from k3snoded.httpd import Request, Response, Router, json_response
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ async def call(
         )  # fmt: skip
     except (OSError, TimeoutError, ValueError) as exc:
         raise OpsError(f"cannot reach {base}: {exc or type(exc).__name__}") from exc
-    raw, status, got = resp.body, resp.status, Headers(resp.headers)
+    raw, status, got = resp.body, resp.status, resp.headers
     if status == 401:
         raise OpsError(f"{base} refused the request: {raw.decode(errors='replace').strip()}")
     try:

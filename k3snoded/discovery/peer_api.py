@@ -33,7 +33,7 @@ from k3snoded.discovery.signing import (
     verify_response,
 )
 from k3snoded.errors import AuthenticationError
-from k3snoded.httpd import Handler, Headers, Request, Response, Router, text
+from k3snoded.httpd import Handler, Request, Response, Router, text
 from k3snoded.model import Peer
 from k3snoded.ratelimit import OncePerKey
 
@@ -254,9 +254,7 @@ async def fetch_peers(
     if response.status == 401:
         reason = body.decode(errors="replace").strip()[:100]
         raise AuthenticationError(f"refused by the seed: {reason}")
-    verify_response(
-        key, nonce, response.status, body, Headers(response.headers), now=clock(), window=window
-    )
+    verify_response(key, nonce, response.status, body, response.headers, now=clock(), window=window)
     if response.status != 200:
         raise AuthenticationError(f"unexpected status {response.status}")
     return parse_peers(body, cluster)

@@ -142,7 +142,7 @@ async def test_a_unix_socket_server_is_private(tmp_path: Path) -> None:
 
 
 def test_headers_are_case_insensitive_and_repeated_ones_joined() -> None:
-    headers = httpd.Headers([("X-A", "1"), ("x-a", "2"), ("B", "3")])
+    headers = httpc.Headers([("X-A", "1"), ("x-a", "2"), ("B", "3")])
     assert headers["x-A"] == "1, 2"
     assert headers.get("b") == "3"
     assert len(headers) == 2
